@@ -1,0 +1,1 @@
+"""Subscribers to the reactor's signals: notifiers, metrics and the backup job."""

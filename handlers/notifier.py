@@ -1,0 +1,182 @@
+"""Deliver alerts to each channel off the event path, one queue per channel.
+
+Each channel has its own queue and task, so a slow or failing channel never
+delays another or the reactor. Alerts that pile up while a channel waits (for
+its rate limit, or a retry) are sent together as one summary message instead
+of being dropped.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from reactor import signals
+from reactor.alerts import Alert
+from reactor.errors import DeliveryError
+
+logger = logging.getLogger(__name__)
+
+
+class Channel(abc.ABC):
+    """One way of reaching people: Slack, email."""
+
+    name: str
+    min_interval: float = 0.0
+    """Seconds to leave between two deliveries: the channel's rate limit."""
+    max_batch: int = 50
+    """Most alerts put into one message."""
+
+    @abc.abstractmethod
+    async def deliver(self, alerts: Sequence[Alert]) -> None:
+        """Send one message carrying ``alerts``; raise DeliveryError when it fails for good."""
+
+    async def aclose(self) -> None:
+        """Release connections."""
+
+    def describe(self) -> str:
+        """Return a secret-free description for logs and the ``check`` command."""
+        return self.name
+
+
+class DeliveryStats:
+    """Alerts sent and failed per channel, read by the metrics handler."""
+
+    def __init__(self) -> None:
+        self.sent: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
+
+
+class ChannelQueue:
+    """A channel's queue and the task that empties it."""
+
+    def __init__(self, channel: Channel, stats: DeliveryStats) -> None:
+        self.channel = channel
+        self.stats = stats
+        self.queue: asyncio.Queue[Alert] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._last_delivery = 0.0
+        self._in_flight = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(
+            self._run(), name=f"notify-{self.channel.name}"
+        )
+
+    @property
+    def pending(self) -> int:
+        return self.queue.qsize() + self._in_flight
+
+    async def _run(self) -> None:
+        while True:
+            first = await self.queue.get()
+            wait = self._last_delivery + self.channel.min_interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            batch = [first]
+            while len(batch) < self.channel.max_batch and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            self._in_flight = len(batch)
+            try:
+                await self._deliver(batch)
+            finally:
+                self._in_flight = 0
+                self._last_delivery = time.monotonic()
+
+    async def _deliver(self, batch: list[Alert]) -> None:
+        extra: dict[str, Any] = {
+            "channel": self.channel.name,
+            "count": len(batch),
+            "alert_type": batch[0].type.value,
+            "alert_kind": batch[0].kind,
+            "subject": batch[0].subject,
+            "worker": batch[0].worker,
+        }
+        try:
+            await self.channel.deliver(batch)
+        except DeliveryError as exc:
+            self.stats.failed[self.channel.name] += len(batch)
+            logger.error(
+                "Alert delivery failed",
+                extra={**extra, "event": "alert_failed", "error": str(exc)},
+            )
+        except Exception as exc:
+            self.stats.failed[self.channel.name] += len(batch)
+            logger.exception(
+                "Alert delivery failed",
+                extra={**extra, "event": "alert_failed", "error": str(exc)},
+            )
+        else:
+            self.stats.sent[self.channel.name] += len(batch)
+            logger.info(
+                "Alert sent: %s",
+                batch[0].title if len(batch) == 1 else f"{len(batch)} alerts",
+                extra={**extra, "event": "alert_sent"},
+            )
+
+    async def stop(self, deadline: float) -> int:
+        """Wait until the queue is empty or ``deadline`` (monotonic) passes; return what is left."""
+        while self.pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        left = self.pending
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self.channel.aclose()
+        return left
+
+
+class Notifier:
+    """Subscribe to ``alert_raised`` and fan alerts out to every channel."""
+
+    def __init__(
+        self, channels: Sequence[Channel], stats: DeliveryStats | None = None
+    ) -> None:
+        self.stats = stats or DeliveryStats()
+        self.queues = [ChannelQueue(channel, self.stats) for channel in channels]
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Start the channel tasks and subscribe; call inside the running loop."""
+        self._loop = asyncio.get_running_loop()
+        for queue in self.queues:
+            queue.start()
+        signals.connect(signals.alert_raised, self._on_alert)
+
+    def _on_alert(self, _sender: object, *, alert: Alert) -> None:
+        if self._loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for queue in self.queues:
+            if running is self._loop:
+                queue.queue.put_nowait(alert)
+            else:
+                # Raised from a worker thread, such as a backup job.
+                self._loop.call_soon_threadsafe(queue.queue.put_nowait, alert)
+
+    async def stop(self, timeout: float) -> None:
+        """Finish in-flight alerts within ``timeout`` seconds, then stop."""
+        signals.alert_raised.disconnect(self._on_alert)
+        deadline = time.monotonic() + timeout
+        for queue in self.queues:
+            left = await queue.stop(deadline)
+            if left:
+                logger.error(
+                    "Alerts not delivered before shutdown",
+                    extra={
+                        "event": "alerts_abandoned",
+                        "channel": queue.channel.name,
+                        "count": left,
+                    },
+                )

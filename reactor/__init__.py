@@ -1,0 +1,1 @@
+"""Event-driven core of the molochain workers: events, state, signals and CLI."""

@@ -1,0 +1,178 @@
+"""The Docker Engine events stream: parsing and a reader that never blocks.
+
+The daemon skips events for a subscriber that takes more than about 100 ms to
+read one (moby ``daemon/events``), so the stream is read on its own thread,
+which only decodes and hands each event to the asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+# Server-side filter: the exec_create/exec_start/exec_die noise of every health
+# probe never reaches the process. ``health_status`` matches both
+# "health_status: healthy" and "health_status: unhealthy" on Engine 20.10+.
+WATCHED_ACTIONS = (
+    "start",
+    "restart",
+    "die",
+    "oom",
+    "kill",
+    "stop",
+    "destroy",
+    "pause",
+    "unpause",
+    "health_status",
+)
+EVENT_FILTERS: dict[str, list[str]] = {
+    "type": ["container"],
+    "event": list(WATCHED_ACTIONS),
+}
+
+
+class MalformedEventError(ValueError):
+    """An event without the fields every container event has."""
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerEvent:
+    """One container event from the Engine, reduced to what the reactor uses."""
+
+    action: str
+    """The action without detail: ``die``, ``health_status``, ``start``..."""
+    detail: str
+    """What follows the colon in the raw action, such as ``unhealthy``."""
+    container_id: str
+    name: str
+    image: str
+    time_nano: int
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int | None:
+        value = self.attributes.get("exitCode")
+        try:
+            return int(value) if value is not None else None
+        except ValueError:
+            return None
+
+    @property
+    def time(self) -> float:
+        return self.time_nano / 1e9
+
+    @property
+    def key(self) -> tuple[int, str, str]:
+        """Identity used to drop an event that a replay delivers twice."""
+        return (self.time_nano, self.container_id, self.action + self.detail)
+
+
+def parse_event(raw: Mapping[str, Any]) -> ContainerEvent | None:
+    """Reduce a decoded event to a :class:`ContainerEvent`.
+
+    Returns None for events of other types; raises :class:`MalformedEventError`
+    when a container event lacks its action, actor id or name.
+    """
+    if raw.get("Type", "container") != "container":
+        return None
+    action_text = raw.get("Action")
+    actor = raw.get("Actor")
+    if not isinstance(action_text, str) or not isinstance(actor, Mapping):
+        raise MalformedEventError(f"event without Action or Actor: {dict(raw)!r:.200}")
+    attributes = actor.get("Attributes") or {}
+    container_id = actor.get("ID")
+    name = attributes.get("name") if isinstance(attributes, Mapping) else None
+    if not isinstance(container_id, str) or not isinstance(name, str) or not name:
+        raise MalformedEventError(
+            f"container event without ID or name: {dict(raw)!r:.200}"
+        )
+
+    action, _, detail = action_text.partition(":")
+    time_nano = raw.get("timeNano")
+    if not isinstance(time_nano, int):
+        seconds = raw.get("time")
+        time_nano = (
+            int(seconds) * 1_000_000_000 if isinstance(seconds, int | float) else 0
+        )
+    return ContainerEvent(
+        action=action.strip(),
+        detail=detail.strip(),
+        container_id=container_id,
+        name=name.lstrip("/"),
+        image=str(attributes.get("image", "")),
+        time_nano=time_nano,
+        attributes={str(k): str(v) for k, v in attributes.items()},
+    )
+
+
+def format_since(time_nano: int) -> str:
+    """Format a ``timeNano`` as the ``seconds.nanoseconds`` the Engine accepts."""
+    seconds, nanos = divmod(time_nano, 1_000_000_000)
+    return f"{seconds}.{nanos:09d}"
+
+
+class _Stream(Protocol):
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    """Queued when the stream closes; ``error`` is None for a clean end."""
+
+    error: BaseException | None
+
+
+class EventReader:
+    """Read one opened events stream on a daemon thread into an asyncio queue."""
+
+    def __init__(
+        self,
+        stream: _Stream,
+        loop: asyncio.AbstractEventLoop,
+        queue: asyncio.Queue[object],
+    ) -> None:
+        self._stream = stream
+        self._loop = loop
+        self._queue = queue
+        self._closing = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="docker-events", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop reading; safe to call from the loop while the thread blocks."""
+        self._closing.set()
+        try:
+            self._stream.close()
+        except Exception:  # noqa: BLE001 - closing a dead socket may fail any way
+            logger.debug("Closing the events stream failed", exc_info=True)
+
+    def _hand_over(self, item: object) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:
+            # The loop is closed: the worker is exiting.
+            self._closing.set()
+
+    def _run(self) -> None:
+        error: BaseException | None = None
+        try:
+            for raw in self._stream:
+                if self._closing.is_set():
+                    return
+                self._hand_over(raw)
+        except Exception as exc:  # noqa: BLE001 - any failure ends this stream
+            error = exc
+        if not self._closing.is_set():
+            self._hand_over(StreamEnded(error))

@@ -1,0 +1,103 @@
+"""JSON-lines logging for the workers, on stdout and in a size-rotated file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from pythonjsonlogger.json import JsonFormatter
+
+from reactor.config import MASK
+from reactor.errors import ConfigError
+
+LOG_FILE_MAX_BYTES = 10 * 1024 * 1024
+LOG_FILE_BACKUPS = 5
+
+# Libraries whose INFO lines would print request URLs, and the Slack webhook
+# URL is itself the secret.
+_QUIET_LOGGERS = ("httpx", "httpcore", "urllib3", "docker", "apscheduler.executors")
+
+
+class _WorkerFilter(logging.Filter):
+    """Stamp every record with the worker's name so one Loki label tells them apart."""
+
+    def __init__(self, worker: str) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
+        return True
+
+
+class MaskingJsonFormatter(JsonFormatter):
+    """JSON formatter that replaces every known secret with ``***``.
+
+    Masking the finished line catches a secret wherever it got in: the
+    message, an exception's text or a field.
+    """
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__(
+            "{levelname}{name}{message}",
+            style="{",
+            timestamp="time",
+            rename_fields={"levelname": "level", "name": "logger"},
+        )
+        forms: set[str] = set()
+        for value in secrets:
+            if value:
+                forms.add(value)
+                forms.add(json.dumps(value)[1:-1])
+        # Longest first, so a secret that contains another is masked whole.
+        self._secrets = sorted(forms, key=len, reverse=True)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        for value in self._secrets:
+            line = line.replace(value, MASK)
+        return line
+
+
+def setup_logging(
+    worker: str,
+    level: str,
+    log_file: Path | None,
+    secrets: Iterable[str] = (),
+) -> None:
+    """Send every record as one JSON line to stdout and, if given, to ``log_file``."""
+    formatter = MaskingJsonFormatter(secrets)
+    worker_filter = _WorkerFilter(worker)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if log_file is not None:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(
+                logging.handlers.RotatingFileHandler(
+                    log_file,
+                    maxBytes=LOG_FILE_MAX_BYTES,
+                    backupCount=LOG_FILE_BACKUPS,
+                    encoding="utf-8",
+                )
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"log file {str(log_file)!r} cannot be opened ({exc.strerror}); "
+                "mount a writable volume there or point the log directory elsewhere"
+            ) from exc
+
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(worker_filter)
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,577 @@
+"""The health monitor: follow the events stream, keep state, announce transitions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential,
+)
+
+from reactor import signals
+from reactor.alerting import build_alert
+from reactor.config import MonitorSettings
+from reactor.events import (
+    EVENT_FILTERS,
+    ContainerEvent,
+    EventReader,
+    MalformedEventError,
+    StreamEnded,
+    format_since,
+    parse_event,
+)
+from reactor.state import (
+    AlertKind,
+    Health,
+    Observation,
+    RestartLoopPolicy,
+    StateMachine,
+    Transition,
+)
+from reactor.store import Snapshot, StateStore
+
+logger = logging.getLogger(__name__)
+
+# Failures that mean "the daemon is not reachable right now": reconnect.
+DOCKER_ERRORS: tuple[type[BaseException], ...] = (
+    docker.errors.DockerException,
+    requests.exceptions.RequestException,
+    ConnectionError,
+    OSError,
+)
+
+RECONNECT_MAX_WAIT = 30.0
+PROBE_OUTPUT_MAX = 500
+STATE_SAVE_INTERVAL = 0.05
+
+_STOP = object()
+
+
+@dataclass(slots=True)
+class MonitorStats:
+    """Counters the metrics handler publishes so operators can trust the monitor."""
+
+    events_seen: int = 0
+    events_malformed: int = 0
+    last_event_time: float = 0.0
+    reconnects: int = 0
+    transitions: int = 0
+    connected: bool = False
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def classify_listing(entry: Mapping[str, Any]) -> tuple[Health, str]:
+    """Map one entry of ``GET /containers/json`` to a health and a reason."""
+    state = str(entry.get("State", "")).lower()
+    status = str(entry.get("Status", "")).lower()
+    if state == "running":
+        if "(unhealthy)" in status:
+            return Health.DEGRADED, "unhealthy"
+        return Health.UP, "healthy" if "(healthy)" in status else "running"
+    if state == "paused":
+        return Health.DEGRADED, "paused"
+    if state == "restarting":
+        return Health.DOWN, "restarting"
+    if state == "created":
+        return Health.DOWN, "created"
+    return Health.DOWN, "exited"
+
+
+def container_name(entry: Mapping[str, Any]) -> str | None:
+    """Return the container's own name from a listing entry (links have two slashes)."""
+    for name in entry.get("Names") or []:
+        if name.count("/") == 1:
+            return str(name.lstrip("/"))
+    return None
+
+
+def create_client(settings: MonitorSettings) -> docker.APIClient:
+    """Connect to the Engine and negotiate the API version; raises when unreachable."""
+    return docker.APIClient(
+        base_url=settings.docker_host,
+        version="auto",
+        timeout=int(settings.docker_timeout),
+    )
+
+
+class HealthMonitor:
+    """Event-driven reactor over the Docker Engine events stream."""
+
+    def __init__(
+        self,
+        settings: MonitorSettings,
+        client_factory: Callable[[MonitorSettings], docker.APIClient] = create_client,
+    ) -> None:
+        self.settings = settings
+        self.policy = RestartLoopPolicy(
+            threshold=settings.restart_loop_threshold,
+            window=settings.restart_loop_window,
+            stable_after=settings.restart_loop_stable,
+        )
+        self.store = StateStore(settings.health_log_dir / "state.json")
+        self.heartbeat_path = settings.health_log_dir / "heartbeat"
+        self.machine = StateMachine(self.policy, required=settings.explicit_names)
+        self.stats = MonitorStats()
+        self.host = settings.instance_name or "unknown"
+        self._client_factory = client_factory
+        self._api: docker.APIClient | None = None
+        self._stream_api: docker.APIClient | None = None
+        self._reader: EventReader | None = None
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._stopping = asyncio.Event()
+        self._dirty = asyncio.Event()
+        self._last_event_nano = 0
+        self._keys_at_last: set[tuple[int, str, str]] = set()
+        self._next_reconcile = 0.0
+
+    # -- lifecycle -------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to return; safe to call from a signal handler."""
+        self._stopping.set()
+        self._queue.put_nowait(_STOP)
+
+    async def run(self) -> None:
+        """Follow the Engine until :meth:`request_stop`, reconnecting as needed."""
+        snapshot = self.store.load()
+        self.machine.states = snapshot.containers
+        self._last_event_nano = snapshot.last_event_nano
+        saver = asyncio.create_task(self._save_loop(), name="state-saver")
+        logger.info(
+            "Health monitor started",
+            extra={
+                "event": "started",
+                "containers": self.settings.containers_to_monitor or ["*"],
+                "known_containers": len(snapshot.containers),
+            },
+        )
+        try:
+            while not self._stopping.is_set():
+                if not await self._connect():
+                    break
+                await self._follow()
+        finally:
+            self._close_stream()
+            saver.cancel()
+            self._save()
+            logger.info("Health monitor stopped", extra={"event": "stopped"})
+
+    # -- connection ------------------------------------------------------
+
+    async def _sleep_unless_stopped(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    def _log_retry(self, retry_state: RetryCallState) -> None:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        logger.warning(
+            "Docker Engine unreachable, retrying",
+            extra={
+                "event": "docker_retry",
+                "attempt": retry_state.attempt_number,
+                "retry_in_seconds": round(wait, 2),
+                "docker_host": self.settings.docker_host,
+                "error": str(error),
+            },
+        )
+
+    async def _connect(self) -> bool:
+        """Connect, replay what was missed, reconcile, and open the live stream.
+
+        Returns False when a stop was requested before the connection held.
+        """
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(DOCKER_ERRORS),
+            wait=wait_exponential(multiplier=0.5, min=0.5, max=RECONNECT_MAX_WAIT),
+            stop=lambda _state: self._stopping.is_set(),
+            sleep=self._sleep_unless_stopped,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if self._stopping.is_set():
+                        return False
+                    await self._open()
+        except DOCKER_ERRORS:
+            # Only reached when stopping: the retry loop never gives up otherwise.
+            return False
+        return not self._stopping.is_set()
+
+    async def _open(self) -> None:
+        self._close_stream()
+        self._api = await asyncio.to_thread(self._client_factory, self.settings)
+        self._stream_api = await asyncio.to_thread(self._client_factory, self.settings)
+        if not self.settings.instance_name:
+            info = await asyncio.to_thread(self._api.info)
+            self.host = str(info.get("Name") or "unknown")
+
+        # Replay what happened while we were away, from the daemon's ring of
+        # recent events, before taking a fresh listing.
+        until = time.time()
+        if self._last_event_nano:
+            replayed = await asyncio.to_thread(
+                self._read_finite, self._last_event_nano, until
+            )
+            logger.info(
+                "Replayed missed events",
+                extra={
+                    "event": "replayed",
+                    "count": len(replayed),
+                    "since": format_since(self._last_event_nano),
+                },
+            )
+            for raw in replayed:
+                await self._handle_raw(raw)
+
+        await self._reconcile()
+
+        stream = await asyncio.to_thread(
+            self._stream_api.events,
+            since=f"{until:.9f}",
+            filters=EVENT_FILTERS,
+            decode=True,
+        )
+        loop = asyncio.get_running_loop()
+        self._queue = asyncio.Queue()
+        if self._stopping.is_set():
+            self._queue.put_nowait(_STOP)
+        self._reader = EventReader(stream, loop, self._queue)
+        self._reader.start()
+        self.stats.connected = True
+        logger.info(
+            "Following the Docker events stream",
+            extra={
+                "event": "connected",
+                "docker_host": self.settings.docker_host,
+                "host": self.host,
+            },
+        )
+
+    def _read_finite(self, since_nano: int, until: float) -> list[dict[str, Any]]:
+        assert self._stream_api is not None
+        stream = self._stream_api.events(
+            since=format_since(since_nano),
+            until=f"{until:.9f}",
+            filters=EVENT_FILTERS,
+            decode=True,
+        )
+        try:
+            return list(stream)
+        finally:
+            stream.close()
+
+    def _close_stream(self) -> None:
+        self.stats.connected = False
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        for api in (self._api, self._stream_api):
+            if api is not None:
+                api.close()
+        self._api = self._stream_api = None
+
+    # -- main loop -------------------------------------------------------
+
+    async def _follow(self) -> None:
+        """Handle events until the stream ends or a stop is requested."""
+        self._next_reconcile = time.monotonic() + self.settings.check_interval
+        while not self._stopping.is_set():
+            timeout = self._next_reconcile - time.monotonic()
+            stable_at = self.machine.next_stable_check()
+            if stable_at is not None:
+                timeout = min(timeout, stable_at - time.time())
+            try:
+                item = await asyncio.wait_for(
+                    self._queue.get(), timeout=max(timeout, 0.0)
+                )
+            except TimeoutError:
+                item = None
+
+            if item is _STOP:
+                return
+            if isinstance(item, StreamEnded):
+                self.stats.reconnects += 1
+                logger.warning(
+                    "Docker events stream ended, reconnecting",
+                    extra={
+                        "event": "stream_ended",
+                        "error": str(item.error) if item.error else None,
+                    },
+                )
+                self._close_stream()
+                return
+            if item is not None:
+                await self._handle_raw(item)
+
+            await self._announce_all(self.machine.check_stable(time.time()))
+            if time.monotonic() >= self._next_reconcile:
+                try:
+                    await self._reconcile()
+                except DOCKER_ERRORS as exc:
+                    logger.warning(
+                        "Reconciliation failed, reconnecting",
+                        extra={"event": "reconcile_failed", "error": str(exc)},
+                    )
+                    self._close_stream()
+                    return
+                self._next_reconcile = time.monotonic() + self.settings.check_interval
+
+    async def _handle_raw(self, raw: object) -> None:
+        if not isinstance(raw, Mapping):
+            return
+        try:
+            event = parse_event(raw)
+        except MalformedEventError as exc:
+            self.stats.events_malformed += 1
+            # Rate-limited: a broken proxy could send thousands of these.
+            if (
+                self.stats.events_malformed in {1, 10, 100}
+                or self.stats.events_malformed % 1000 == 0
+            ):
+                logger.warning(
+                    "Ignored a malformed Docker event",
+                    extra={
+                        "event": "event_malformed",
+                        "count": self.stats.events_malformed,
+                        "error": str(exc),
+                    },
+                )
+            return
+        if event is None or self._is_duplicate(event):
+            return
+        self.stats.events_seen += 1
+        self.stats.last_event_time = event.time
+        if not self.settings.selects(event.name):
+            return
+        await self._announce_all(self.machine.observe_event(event))
+
+    def _is_duplicate(self, event: ContainerEvent) -> bool:
+        """Drop events that a replay delivers again; record the newest one."""
+        if event.time_nano < self._last_event_nano:
+            return True
+        if event.time_nano == self._last_event_nano:
+            if event.key in self._keys_at_last:
+                return True
+        else:
+            self._last_event_nano = event.time_nano
+            self._keys_at_last = set()
+        self._keys_at_last.add(event.key)
+        self._dirty.set()
+        return False
+
+    async def _reconcile(self) -> None:
+        """Compare state with a fresh listing: the safety net for missed events."""
+        assert self._api is not None
+        now = time.time()
+        listing = await asyncio.to_thread(self._api.containers, all=True)
+        seen: set[str] = set()
+        transitions: list[Transition] = []
+        for entry in listing:
+            name = container_name(entry)
+            if name is None or not self.settings.selects(name):
+                continue
+            seen.add(name)
+            health, reason = classify_listing(entry)
+            known = self.machine.states.get(name)
+            if known is not None and known.health == health:
+                continue
+            observation = await self._observe_listed(
+                entry, name, health, reason, now, known is not None
+            )
+            transitions += self.machine.observe(observation)
+
+        for name in list(self.machine.states):
+            if name not in seen and self.settings.selects(name):
+                if name in self.machine.required:
+                    transitions += self.machine.missing(name, now)
+                else:
+                    transitions += self.machine.observe(
+                        Observation(
+                            name=name,
+                            health=Health.DOWN,
+                            reason="removed",
+                            time=now,
+                            removed=True,
+                        )
+                    )
+        for name in self.machine.required:
+            if name not in seen and name not in self.machine.states:
+                transitions += self.machine.missing(name, now)
+
+        await self._announce_all(transitions)
+        await self._announce_all(self.machine.check_stable(now))
+        signals.publish(
+            signals.monitor_heartbeat,
+            self,
+            states=dict(self.machine.states),
+            stats=self.stats,
+            host=self.host,
+        )
+        self._touch_heartbeat()
+
+    async def _observe_listed(
+        self,
+        entry: Mapping[str, Any],
+        name: str,
+        health: Health,
+        reason: str,
+        now: float,
+        known: bool,
+    ) -> Observation:
+        """Build an observation for a listed container, inspecting it for details."""
+        exit_code: int | None = None
+        if health == Health.DOWN and reason == "exited":
+            details = await self._inspect(str(entry.get("Id", "")))
+            state = details.get("State", {}) if details else {}
+            exit_code = state.get("ExitCode")
+            if state.get("OOMKilled"):
+                reason = "oom"
+        return Observation(
+            name=name,
+            health=health,
+            reason=reason,
+            time=now,
+            image=str(entry.get("Image", "")),
+            container_id=str(entry.get("Id", "")),
+            exit_code=exit_code,
+            # A container we knew that is now found exited died unseen.
+            death=known and health == Health.DOWN and reason in {"exited", "oom"},
+        )
+
+    async def _inspect(self, container_id: str) -> dict[str, Any] | None:
+        if self._api is None or not container_id:
+            return None
+        try:
+            result: dict[str, Any] = await asyncio.to_thread(
+                self._api.inspect_container, container_id
+            )
+            return result
+        except docker.errors.NotFound:
+            return None
+        except DOCKER_ERRORS as exc:
+            logger.warning(
+                "Inspecting a container failed",
+                extra={
+                    "event": "inspect_failed",
+                    "container_id": container_id[:12],
+                    "error": str(exc),
+                },
+            )
+            return None
+
+    async def _probe_output(self, container_id: str) -> str:
+        details = await self._inspect(container_id)
+        if not details:
+            return ""
+        log = ((details.get("State") or {}).get("Health") or {}).get("Log") or []
+        if not log:
+            return ""
+        output = str(log[-1].get("Output", "")).strip()
+        return output[:PROBE_OUTPUT_MAX]
+
+    # -- announcing ------------------------------------------------------
+
+    async def _announce_all(self, transitions: list[Transition]) -> None:
+        for transition in transitions:
+            await self._announce(transition)
+
+    async def _announce(self, transition: Transition) -> None:
+        if transition.alert == AlertKind.DEGRADED and transition.reason == "unhealthy":
+            output = await self._probe_output(transition.container_id)
+            if output:
+                transition = _with_probe_output(transition, output)
+
+        self.stats.transitions += 1
+        self._dirty.set()
+        logger.info(
+            "Container %s: %s -> %s (%s)",
+            transition.name,
+            transition.previous.value if transition.previous else "unknown",
+            transition.current.value,
+            transition.reason,
+            extra={
+                "event": "transition",
+                "container": transition.name,
+                "previous": transition.previous.value if transition.previous else None,
+                "current": transition.current.value,
+                "reason": transition.reason,
+                "exit_code": transition.exit_code,
+                "alert_kind": transition.alert.value if transition.alert else None,
+            },
+        )
+        signals.publish(
+            signals.container_transition, self, transition=transition, host=self.host
+        )
+        alert = build_alert(transition, self.host, self.policy)
+        if alert is not None:
+            signals.publish(signals.alert_raised, self, alert=alert)
+
+    # -- persistence -----------------------------------------------------
+
+    async def _save_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            # Encode on the loop, where the states cannot change underneath,
+            # and write in a thread so fsync never stalls the events.
+            await asyncio.to_thread(self._write, self._encode())
+            await asyncio.sleep(STATE_SAVE_INTERVAL)
+
+    def _encode(self) -> bytes:
+        return self.store.encode(
+            Snapshot(
+                containers=self.machine.states, last_event_nano=self._last_event_nano
+            )
+        )
+
+    def _save(self) -> None:
+        self._write(self._encode())
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self.store.write(data)
+        except OSError as exc:
+            logger.error(
+                "Saving the state file failed",
+                extra={
+                    "event": "state_save_failed",
+                    "path": str(self.store.path),
+                    "error": str(exc),
+                },
+            )
+
+    def _touch_heartbeat(self) -> None:
+        try:
+            self.heartbeat_path.write_text(f"{time.time():.3f}\n", encoding="utf-8")
+        except OSError as exc:
+            logger.error(
+                "Writing the heartbeat file failed",
+                extra={
+                    "event": "heartbeat_failed",
+                    "path": str(self.heartbeat_path),
+                    "error": str(exc),
+                },
+            )
+
+
+def _with_probe_output(transition: Transition, output: str) -> Transition:
+    from dataclasses import replace
+
+    return replace(transition, probe_output=output)

@@ -1,0 +1,114 @@
+"""Durable monitor state in ``state.json``, replaced atomically on each change.
+
+A restarted worker reads it back, so it neither repeats an alert nor forgets a
+container that was already down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reactor.state import ContainerState
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """Everything persisted between runs."""
+
+    containers: dict[str, ContainerState] = field(default_factory=dict)
+    last_event_nano: int = 0
+    """``timeNano`` of the last event applied; replayed from on reconnect."""
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` so readers see the old or the new file, never half."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+class StateStore:
+    """Load and save a :class:`Snapshot` as JSON."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> Snapshot:
+        """Read the snapshot; a missing file is an empty one.
+
+        A corrupt file is moved aside (never deleted) and the monitor starts
+        from the Engine's listing instead.
+        """
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return Snapshot()
+        try:
+            data = json.loads(raw)
+            if data.get("version") != STATE_VERSION:
+                raise ValueError(f"unknown version {data.get('version')!r}")
+            containers = {
+                name: ContainerState.from_dict(name, entry)
+                for name, entry in data.get("containers", {}).items()
+            }
+            return Snapshot(
+                containers=containers,
+                last_event_nano=int(data.get("last_event_nano", 0)),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            os.replace(self.path, aside)
+            logger.error(
+                "State file is unreadable; moved it aside and starting from a fresh listing",
+                extra={
+                    "event": "state_corrupt",
+                    "path": str(self.path),
+                    "moved_to": str(aside),
+                    "error": str(exc),
+                },
+            )
+            return Snapshot()
+
+    def save(self, snapshot: Snapshot) -> None:
+        """Write the snapshot atomically."""
+        self.write(self.encode(snapshot))
+
+    @staticmethod
+    def encode(snapshot: Snapshot) -> bytes:
+        """Serialise the snapshot; call it where the states are not being changed."""
+        data = {
+            "version": STATE_VERSION,
+            "last_event_nano": snapshot.last_event_nano,
+            "containers": {
+                name: state.to_dict()
+                for name, state in sorted(snapshot.containers.items())
+            },
+        }
+        return json.dumps(data, indent=1).encode()
+
+    def write(self, data: bytes) -> None:
+        """Replace the state file with encoded data."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, data)

@@ -1,0 +1,1 @@
+"""Real and in-process peers the tests run the workers against."""
