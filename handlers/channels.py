@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from reactor.config import CommonSettings
 from handlers.email import EmailChannel
 from handlers.notifier import Channel
 from handlers.slack import SlackChannel
+from reactor.config import CommonSettings
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from tenacity import (
     wait_exponential,
 )
 
+from handlers.notifier import Channel
 from reactor.alerts import Alert, AlertType
 from reactor.config import CommonSettings
-from reactor.errors import DeliveryError
-from handlers.notifier import Channel
+from reactor.errors import ConfigError, DeliveryError
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,8 @@ class EmailChannel(Channel):
     max_batch = 50
 
     def __init__(self, settings: CommonSettings, *, max_attempts: int = 4) -> None:
-        assert settings.smtp_host is not None
+        if not settings.smtp_host:
+            raise ConfigError("SMTP_HOST is missing; set it to enable email alerts")
         self.host = settings.smtp_host
         self.port = settings.smtp_port
         self.username = settings.smtp_username

@@ -9,6 +9,7 @@ keeps monitors on several hosts from overwriting each other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
@@ -17,9 +18,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from tenacity import wait_exponential
 
+from handlers.notifier import DeliveryStats
 from reactor import signals
 from reactor.state import ContainerState, Health
-from handlers.notifier import DeliveryStats
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +91,9 @@ class Pusher:
                         "error": str(exc),
                     },
                 )
-                try:
-                    # A new request ends the wait early; either way push again.
+                # A new request ends the wait early; either way push again.
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wanted.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
                 self._wanted.set()
                 continue
             if failures_in_row:
@@ -113,10 +112,8 @@ class Pusher:
         """Cancel the task and push the final values once."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         if final_push:
             try:
                 await asyncio.to_thread(self.push_now)

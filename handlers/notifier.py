@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -34,9 +35,12 @@ class Channel(abc.ABC):
 
     @abc.abstractmethod
     async def deliver(self, alerts: Sequence[Alert]) -> None:
-        """Send one message carrying ``alerts``; raise DeliveryError when it fails for good."""
+        """Send one message carrying ``alerts``.
 
-    async def aclose(self) -> None:
+        Raises DeliveryError when the message fails for good.
+        """
+
+    async def aclose(self) -> None:  # noqa: B027 - most channels hold no connection
         """Release connections."""
 
     def describe(self) -> str:
@@ -120,16 +124,18 @@ class ChannelQueue:
             )
 
     async def stop(self, deadline: float) -> int:
-        """Wait until the queue is empty or ``deadline`` (monotonic) passes; return what is left."""
-        while self.pending and time.monotonic() < deadline:
+        """Wait until the queue is empty or ``deadline`` (monotonic) passes.
+
+        Returns how many alerts were still undelivered.
+        """
+        while self.pending and time.monotonic() < deadline:  # noqa: ASYNC110
+            # Polling keeps the queue free of a second "idle" event to maintain.
             await asyncio.sleep(0.05)
         left = self.pending
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         await self.channel.aclose()
         return left
 
@@ -165,10 +171,10 @@ class Notifier:
                 # Raised from a worker thread, such as a backup job.
                 self._loop.call_soon_threadsafe(queue.queue.put_nowait, alert)
 
-    async def stop(self, timeout: float) -> None:
-        """Finish in-flight alerts within ``timeout`` seconds, then stop."""
+    async def stop(self, grace: float) -> None:
+        """Finish in-flight alerts within ``grace`` seconds, then stop."""
         signals.alert_raised.disconnect(self._on_alert)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + grace
         for queue in self.queues:
             left = await queue.stop(deadline)
             if left:

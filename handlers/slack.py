@@ -21,9 +21,9 @@ from tenacity import (
     wait_exponential,
 )
 
+from handlers.notifier import Channel
 from reactor.alerts import Alert, AlertType
 from reactor.errors import DeliveryError
-from handlers.notifier import Channel
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def build_payload(alerts: Sequence[Alert]) -> dict[str, Any]:
 
 
 class SlackChannel(Channel):
-    """Post alerts to a Slack incoming webhook, retrying and keeping to its rate limit."""
+    """Post alerts to a Slack incoming webhook within its rate limit, with retries."""
 
     name = "slack"
     min_interval = 1.0

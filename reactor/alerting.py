@@ -62,7 +62,8 @@ def build_alert(
         text = f"{name} {_describe_down(transition)}."
     elif kind == AlertKind.DEGRADED:
         alert_type = AlertType.WARNING
-        title = f"Container {name} is {'paused' if transition.reason == 'paused' else 'unhealthy'}"
+        state = "paused" if transition.reason == "paused" else "unhealthy"
+        title = f"Container {name} is {state}"
         text = f"{name} {_REASONS.get(transition.reason, transition.reason)}."
         if transition.reason == "unhealthy":
             fields.append(
@@ -77,9 +78,9 @@ def build_alert(
         alert_type = AlertType.ERROR
         title = f"Container {name} is restarting repeatedly"
         text = (
-            f"{name} died {transition.restarts} times within {policy.window:g} s. Further "
-            f"restarts are not announced one by one; one message follows once it has "
-            f"had no death for {policy.stable_after:g} s."
+            f"{name} died {transition.restarts} times within {policy.window:g} s. "
+            "Further restarts are not announced one by one; one message follows "
+            f"once it has had no death for {policy.stable_after:g} s."
         )
         fields.append(("Restarts", str(transition.restarts)))
     else:
@@ -87,13 +88,19 @@ def build_alert(
         if transition.current == Health.UP:
             alert_type = AlertType.INFO
             title = f"Container {name} is stable again"
-            text = f"{name} has been running for {policy.stable_after:g} s after {transition.restarts} deaths in a restart loop."
+            text = (
+                f"{name} has been running for {policy.stable_after:g} s after "
+                f"{transition.restarts} deaths in a restart loop."
+            )
         else:
             alert_type = AlertType.ERROR
             title = (
                 f"Container {name} stopped restarting and is {transition.current.value}"
             )
-            text = f"{name} left its restart loop after {transition.restarts} deaths and {_describe_down(transition)}."
+            text = (
+                f"{name} left its restart loop after {transition.restarts} deaths "
+                f"and {_describe_down(transition)}."
+            )
 
     return Alert(
         type=alert_type,

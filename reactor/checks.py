@@ -31,7 +31,8 @@ def _check_docker(settings: MonitorSettings) -> CheckResult:
     return (
         "docker",
         True,
-        f"{settings.docker_host}: Engine {version.get('Version')} (API {version.get('ApiVersion')})",
+        f"{settings.docker_host}: Engine {version.get('Version')} "
+        f"(API {version.get('ApiVersion')})",
     )
 
 
@@ -66,7 +67,8 @@ async def run_checks(settings: MonitorSettings) -> list[CheckResult]:
                 (
                     "smtp",
                     False,
-                    f"{channel.host}:{channel.port}: {exc}; check SMTP_HOST and SMTP_PORT",
+                    f"{channel.host}:{channel.port}: {exc}; "
+                    "check SMTP_HOST and SMTP_PORT",
                 )
             )
     else:

@@ -107,12 +107,13 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
             age = time.time() - path.stat().st_mtime
         except FileNotFoundError:
             print(
-                f"unhealthy: no heartbeat at {path} yet; the monitor has not reached Docker"
+                f"unhealthy: no heartbeat at {path}; the monitor has not reached Docker"
             )
             return EXIT_FAILURE
         if age > limit:
             print(
-                f"unhealthy: last heartbeat {age:.0f} s ago, limit {limit:.0f} s (3 x CHECK_INTERVAL + {HEARTBEAT_GRACE:g})"
+                f"unhealthy: last heartbeat {age:.0f} s ago, limit {limit:.0f} s "
+                f"(3 x CHECK_INTERVAL + {HEARTBEAT_GRACE:g})"
             )
             return EXIT_FAILURE
         print(f"healthy: last heartbeat {age:.0f} s ago")
@@ -125,7 +126,10 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="molochain-workers",
-        description="Health monitor and PostgreSQL backup workers. Settings come from environment variables.",
+        description=(
+            "Health monitor and PostgreSQL backup workers. "
+            "Settings come from environment variables."
+        ),
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

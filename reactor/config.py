@@ -15,8 +15,14 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-from pydantic import model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from reactor.errors import ConfigError
 
@@ -120,7 +126,8 @@ class CommonSettings(BaseModel):
         if self.smtp_host:
             if not self.alert_email_to:
                 raise ValueError(
-                    "ALERT_EMAIL_TO: missing; SMTP_HOST is set, so give at least one recipient address"
+                    "ALERT_EMAIL_TO is missing; SMTP_HOST is set, "
+                    "so give at least one recipient address"
                 )
             for address in self.alert_email_to:
                 if "@" not in address:
@@ -147,7 +154,7 @@ class MonitorSettings(CommonSettings):
     )
     containers_to_monitor: CommaList = Field(
         default_factory=list,
-        description="comma-separated container names or glob patterns such as molochain-*",
+        description="comma-separated container names or globs such as molochain-*",
     )
     check_interval: float = Field(
         60.0, ge=1, description="a number of seconds of at least 1, e.g. 60"
@@ -257,7 +264,8 @@ def _describe(
         else "a valid value"
     )
     shown = MASK if name in secrets else repr(values.get(name, ""))
-    return f"{variable}={shown} is invalid: {message[:1].lower()}{message[1:]}; set it to {hint}"
+    reason = message[:1].lower() + message[1:]
+    return f"{variable}={shown} is invalid: {reason}; set it to {hint}"
 
 
 def describe_settings(settings: BaseModel) -> dict[str, object]:

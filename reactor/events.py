@@ -12,7 +12,10 @@ import logging
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
+
+import docker
+from docker.types.daemon import CancellableStream
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +120,23 @@ def format_since(time_nano: int) -> str:
     return f"{seconds}.{nanos:09d}"
 
 
+def open_events(
+    api: docker.APIClient, *, since: str | None, until: str | None = None
+) -> CancellableStream[dict[str, Any]]:
+    """Open the filtered, decoded events stream.
+
+    The Engine takes ``since``/``until`` as ``seconds.nanoseconds`` strings,
+    which docker-py passes through unchanged although it annotates them as int.
+    """
+    stream: CancellableStream[dict[str, Any]] = api.events(
+        since=cast(Any, since),
+        until=cast(Any, until),
+        filters=EVENT_FILTERS,
+        decode=True,
+    )
+    return stream
+
+
 class _Stream(Protocol):
     def __iter__(self) -> Iterator[Any]: ...
 
@@ -155,7 +175,7 @@ class EventReader:
         self._closing.set()
         try:
             self._stream.close()
-        except Exception:  # noqa: BLE001 - closing a dead socket may fail any way
+        except Exception:
             logger.debug("Closing the events stream failed", exc_info=True)
 
     def _hand_over(self, item: object) -> None:

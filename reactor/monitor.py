@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -22,13 +23,14 @@ from tenacity import (
 from reactor import signals
 from reactor.alerting import build_alert
 from reactor.config import MonitorSettings
+from reactor.errors import DockerUnavailableError
 from reactor.events import (
-    EVENT_FILTERS,
     ContainerEvent,
     EventReader,
     MalformedEventError,
     StreamEnded,
     format_since,
+    open_events,
     parse_event,
 )
 from reactor.state import (
@@ -170,10 +172,8 @@ class HealthMonitor:
     # -- connection ------------------------------------------------------
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
 
     def _log_retry(self, retry_state: RetryCallState) -> None:
         outcome = retry_state.outcome
@@ -243,10 +243,7 @@ class HealthMonitor:
         await self._reconcile()
 
         stream = await asyncio.to_thread(
-            self._stream_api.events,
-            since=f"{until:.9f}",
-            filters=EVENT_FILTERS,
-            decode=True,
+            open_events, self._require(self._stream_api), since=f"{until:.9f}"
         )
         loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue()
@@ -265,17 +262,21 @@ class HealthMonitor:
         )
 
     def _read_finite(self, since_nano: int, until: float) -> list[dict[str, Any]]:
-        assert self._stream_api is not None
-        stream = self._stream_api.events(
+        stream = open_events(
+            self._require(self._stream_api),
             since=format_since(since_nano),
             until=f"{until:.9f}",
-            filters=EVENT_FILTERS,
-            decode=True,
         )
         try:
             return list(stream)
         finally:
             stream.close()
+
+    @staticmethod
+    def _require(api: docker.APIClient | None) -> docker.APIClient:
+        if api is None:
+            raise DockerUnavailableError("not connected to the Docker Engine")
+        return api
 
     def _close_stream(self) -> None:
         self.stats.connected = False
@@ -378,9 +379,9 @@ class HealthMonitor:
 
     async def _reconcile(self) -> None:
         """Compare state with a fresh listing: the safety net for missed events."""
-        assert self._api is not None
+        api = self._require(self._api)
         now = time.time()
-        listing = await asyncio.to_thread(self._api.containers, all=True)
+        listing = await asyncio.to_thread(api.containers, all=True)
         seen: set[str] = set()
         transitions: list[Transition] = []
         for entry in listing:

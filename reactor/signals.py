@@ -48,6 +48,9 @@ def publish(signal: Signal, sender: object, **payload: Any) -> int:
             failures += 1
             logger.exception(
                 "Signal receiver failed",
-                extra={"event": "handler_failed", "signal": signal.name},
+                extra={
+                    "event": "handler_failed",
+                    "signal": getattr(signal, "name", repr(signal)),
+                },
             )
     return failures

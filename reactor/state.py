@@ -327,36 +327,33 @@ class StateMachine:
 def _observation_from_event(
     event: ContainerEvent, state: ContainerState | None
 ) -> Observation | None:
-    common = {
-        "name": event.name,
-        "time": event.time,
-        "image": event.image,
-        "container_id": event.container_id,
-    }
+    def observed(health: Health, reason: str, **details: Any) -> Observation:
+        return Observation(
+            name=event.name,
+            health=health,
+            reason=reason,
+            time=event.time,
+            image=event.image,
+            container_id=event.container_id,
+            **details,
+        )
+
     match event.action:
         case "start" | "restart" | "unpause":
-            return Observation(health=Health.UP, reason="running", **common)
-        case "health_status":
-            if event.detail == "healthy":
-                return Observation(health=Health.UP, reason="healthy", **common)
-            if event.detail == "unhealthy":
-                return Observation(health=Health.DEGRADED, reason="unhealthy", **common)
-            return None
+            return observed(Health.UP, "running")
+        case "health_status" if event.detail == "healthy":
+            return observed(Health.UP, "healthy")
+        case "health_status" if event.detail == "unhealthy":
+            return observed(Health.DEGRADED, "unhealthy")
         case "pause":
-            return Observation(health=Health.DEGRADED, reason="paused", **common)
+            return observed(Health.DEGRADED, "paused")
         case "die":
             oom = state is not None and state.oom_pending
-            return Observation(
-                health=Health.DOWN,
-                reason="oom" if oom else "exited",
-                exit_code=event.exit_code,
-                death=True,
-                **common,
-            )
+            reason = "oom" if oom else "exited"
+            return observed(Health.DOWN, reason, exit_code=event.exit_code, death=True)
         case "destroy":
-            return Observation(
-                health=Health.DOWN, reason="removed", removed=True, **common
-            )
+            return observed(Health.DOWN, "removed", removed=True)
         case _:
-            # kill and stop precede a die, which carries the facts.
+            # kill and stop precede a die, which carries the facts; a
+            # "health_status: starting" changes nothing an operator acts on.
             return None

@@ -30,7 +30,7 @@ class Snapshot:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so readers see the old or the new file, never half."""
+    """Replace ``path`` with ``data``; readers see the old or the new file, not half."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -81,7 +81,7 @@ class StateStore:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             os.replace(self.path, aside)
             logger.error(
-                "State file is unreadable; moved it aside and starting from a fresh listing",
+                "State file is unreadable; moved it aside, starting from a listing",
                 extra={
                     "event": "state_corrupt",
                     "path": str(self.path),

@@ -19,7 +19,6 @@ from tests.support.slack import SlackReceiver
 from tests.support.smtp import SmtpServer
 from tests.support.worker import WorkerProcess
 
-
 ENV_FILE = Path(os.environ.get("MOLO_TEST_ROOT", "/tmp/molochain-test")) / "env"
 
 
@@ -38,7 +37,8 @@ def _required_env(name: str) -> str:
     value = os.environ.get(name) or _SERVICES.get(name)
     if not value:
         pytest.fail(
-            f"{name} is not set; run scripts/test-env.sh once, or the tests through scripts/test.sh"
+            f"{name} is not set; run scripts/test-env.sh once, "
+            "or the tests through scripts/test.sh"
         )
     return value
 

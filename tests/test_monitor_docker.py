@@ -49,11 +49,11 @@ def gauge(gateway: str, instance: str, container: str) -> float | None:
 def wait_attachments(
     slack: SlackReceiver, count: int, timeout: float = 10.0
 ) -> list[dict[str, Any]]:
-    return wait_for(
-        lambda: len(slack.attachments()) >= count and slack.attachments(),
-        timeout=timeout,
-        what=f"{count} Slack attachment(s), have {[a.get('title') for a in slack.attachments()]}",
-    )
+    def enough() -> bool:
+        return len(slack.attachments()) >= count
+
+    wait_for(enough, timeout=timeout, what=f"{count} Slack attachment(s)")
+    return slack.attachments()
 
 
 def test_unhealthy_then_healthy(

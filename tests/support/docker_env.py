@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ TEST_LABEL = "molochain-test"
 
 
 class Containers:
-    """Create labelled test containers with ``--network none``; remove them at the end."""
+    """Create labelled test containers with ``--network none``, removed at the end."""
 
     def __init__(self, api: docker.APIClient, image: str, prefix: str) -> None:
         self.api = api
@@ -76,10 +77,8 @@ class Containers:
 
     def remove_all(self) -> None:
         for name in self.created:
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 self.api.remove_container(name, force=True)
-            except docker.errors.NotFound:
-                pass
 
 
 def unique_prefix(test_name: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -15,13 +16,14 @@ from tests.support.waiting import wait_for
 
 
 def read_samples(gateway: str, name: str, **labels: str) -> dict[str, float]:
-    """Return ``{label_value_of_container_or_other: value}`` for samples matching labels.
+    """Return ``{other_labels: value}`` for the samples matching ``labels``.
 
     The key is the sample's labels rendered as ``k=v,...`` minus the labels
     that were matched, so single-label series read as ``container=web``.
     """
     try:
-        with urllib.request.urlopen(f"{gateway}/metrics", timeout=5) as response:  # noqa: S310
+        url = f"{gateway}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - http URL
             text = response.read().decode()
     except (urllib.error.URLError, OSError):
         return {}
@@ -43,13 +45,10 @@ def read_samples(gateway: str, name: str, **labels: str) -> dict[str, float]:
 
 
 def delete_group(gateway: str, job: str, instance: str) -> None:
-    request = urllib.request.Request(
-        f"{gateway}/metrics/job/{job}/instance/{instance}", method="DELETE"
-    )
-    try:
+    url = f"{gateway}/metrics/job/{job}/instance/{instance}"
+    request = urllib.request.Request(url, method="DELETE")  # noqa: S310 - http URL
+    with contextlib.suppress(urllib.error.URLError, OSError):
         urllib.request.urlopen(request, timeout=5).close()  # noqa: S310
-    except (urllib.error.URLError, OSError):
-        pass
 
 
 def _free_port() -> int:

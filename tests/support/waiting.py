@@ -15,7 +15,7 @@ def wait_for(
     interval: float = 0.05,
     what: str = "condition",
 ) -> T:
-    """Call ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    """Call ``check`` until it returns something truthy, failing after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -44,10 +45,8 @@ class WorkerProcess:
         for line in self.process.stdout:
             with self._lock:
                 self.raw.append(line)
-                try:
+                with contextlib.suppress(ValueError):
                     self.lines.append(json.loads(line))
-                except ValueError:
-                    pass
 
     def events(self, name: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -56,11 +55,15 @@ class WorkerProcess:
     def wait_event(
         self, name: str, count: int = 1, timeout: float = 15.0
     ) -> list[dict[str, Any]]:
-        return wait_for(
-            lambda: (found := self.events(name)) and len(found) >= count and found,
+        def enough() -> bool:
+            return len(self.events(name)) >= count
+
+        wait_for(
+            enough,
             timeout=timeout,
-            what=f"{count} '{name}' log line(s); output so far:\n{self.output()[-3000:]}",
+            what=f"{count} '{name}' log line(s); output:\n{self.output()[-3000:]}",
         )
+        return self.events(name)
 
     def output(self) -> str:
         with self._lock:
