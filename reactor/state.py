@@ -208,13 +208,17 @@ class StateMachine:
         )
 
     def check_stable(self, now: float) -> list[Transition]:
-        """End every restart loop that had no death for the stable period."""
+        """End every restart loop whose state has not changed for the stable period.
+
+        A loop ends up or down: a container waiting for Docker's next restart
+        is down too, but its back-off (at most a minute in Docker 20.10) is
+        shorter than the default stable period, so it does not end the loop.
+        """
         transitions = []
         for state in self.states.values():
             if not state.flapping:
                 continue
-            last_death = state.deaths[-1] if state.deaths else state.since
-            if now - last_death < self.policy.stable_after:
+            if now - _last_change(state) < self.policy.stable_after:
                 continue
             state.flapping = False
             restarts = state.loop_deaths
@@ -239,7 +243,7 @@ class StateMachine:
     def next_stable_check(self) -> float | None:
         """Return when the earliest restart loop may be declared over, if any."""
         times = [
-            (s.deaths[-1] if s.deaths else s.since) + self.policy.stable_after
+            _last_change(s) + self.policy.stable_after
             for s in self.states.values()
             if s.flapping
         ]
@@ -322,6 +326,10 @@ class StateMachine:
             removed=removed,
             restarts=state.loop_deaths,
         )
+
+
+def _last_change(state: ContainerState) -> float:
+    return max(state.since, state.deaths[-1] if state.deaths else 0.0)
 
 
 def _observation_from_event(
