@@ -1,0 +1,86 @@
+"""Parsing Docker events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from reactor.events import MalformedEventError, format_since, parse_event
+
+
+def raw(action: str, **attributes: str) -> dict[str, Any]:
+    return {
+        "Type": "container",
+        "Action": action,
+        "Actor": {
+            "ID": "abc123",
+            "Attributes": {"name": "web", "image": "nginx", **attributes},
+        },
+        "scope": "local",
+        "time": 1_800_000_000,
+        "timeNano": 1_800_000_000_123_456_789,
+    }
+
+
+def test_die_event_fields() -> None:
+    parsed = parse_event(raw("die", exitCode="137"))
+    assert parsed is not None
+    assert parsed.action == "die"
+    assert parsed.detail == ""
+    assert parsed.name == "web"
+    assert parsed.image == "nginx"
+    assert parsed.exit_code == 137
+    assert parsed.time_nano == 1_800_000_000_123_456_789
+
+
+def test_health_status_detail() -> None:
+    parsed = parse_event(raw("health_status: unhealthy"))
+    assert parsed is not None
+    assert parsed.action == "health_status"
+    assert parsed.detail == "unhealthy"
+
+
+def test_other_types_are_ignored() -> None:
+    assert parse_event({**raw("create"), "Type": "network"}) is None
+
+
+def test_time_falls_back_to_seconds() -> None:
+    event = raw("start")
+    del event["timeNano"]
+    parsed = parse_event(event)
+    assert parsed is not None
+    assert parsed.time_nano == 1_800_000_000_000_000_000
+
+
+def test_bad_exit_code_is_none() -> None:
+    parsed = parse_event(raw("die", exitCode="x"))
+    assert parsed is not None
+    assert parsed.exit_code is None
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"Type": "container"},
+        {"Type": "container", "Action": "die", "Actor": "nope"},
+        {
+            "Type": "container",
+            "Action": "die",
+            "Actor": {"ID": "abc", "Attributes": {}},
+        },
+        {
+            "Type": "container",
+            "Action": "die",
+            "Actor": {"Attributes": {"name": "web"}},
+        },
+        {"Type": "container", "Action": 5, "Actor": {"ID": "abc"}},
+    ],
+)
+def test_malformed_events_raise(event: dict[str, Any]) -> None:
+    with pytest.raises(MalformedEventError):
+        parse_event(event)
+
+
+def test_format_since_keeps_nanoseconds() -> None:
+    assert format_since(1_800_000_000_000_000_042) == "1800000000.000000042"
