@@ -1,0 +1,1 @@
+"""Benchmarks of the workers: scripts run with ``python -m bench.NAME``."""
