@@ -1,0 +1,1 @@
+"""The PostgreSQL backup worker: scheduled, verified dumps with retention."""
