@@ -147,7 +147,7 @@ class HealthMonitor:
     async def run(self) -> None:
         """Follow the Engine until :meth:`request_stop`, reconnecting as needed."""
         snapshot = self.store.load()
-        self.machine.states = snapshot.containers
+        self.machine.load(snapshot.containers)
         self._last_event_nano = snapshot.last_event_nano
         saver = asyncio.create_task(self._save_loop(), name="state-saver")
         logger.info(
@@ -298,12 +298,15 @@ class HealthMonitor:
             stable_at = self.machine.next_stable_check()
             if stable_at is not None:
                 timeout = min(timeout, stable_at - time.time())
-            try:
-                item = await asyncio.wait_for(
-                    self._queue.get(), timeout=max(timeout, 0.0)
-                )
-            except TimeoutError:
-                item = None
+            item: object = None
+            if not self._queue.empty():
+                # The fast path in a burst: no timer per event.
+                item = self._queue.get_nowait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    item = await asyncio.wait_for(
+                        self._queue.get(), timeout=max(timeout, 0.0)
+                    )
 
             if item is _STOP:
                 return
@@ -321,7 +324,8 @@ class HealthMonitor:
             if item is not None:
                 await self._handle_raw(item)
 
-            await self._announce_all(self.machine.check_stable(time.time()))
+            if stable_at is not None and time.time() >= stable_at:
+                await self._announce_all(self.machine.check_stable(time.time()))
             if time.monotonic() >= self._next_reconcile:
                 try:
                     await self._reconcile()

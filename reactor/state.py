@@ -137,7 +137,16 @@ class StateMachine:
         self.policy = policy
         self.required = set(required or [])
         """Names that must exist: they stay as ``missing`` instead of leaving."""
-        self.states: dict[str, ContainerState] = dict(states or {})
+        self.states: dict[str, ContainerState] = {}
+        # Names in a restart loop, kept apart so that the per-event stable
+        # check costs nothing when no container is looping.
+        self._looping: set[str] = set()
+        self.load(states or {})
+
+    def load(self, states: dict[str, ContainerState]) -> None:
+        """Replace every state, e.g. with those saved by a previous run."""
+        self.states = dict(states)
+        self._looping = {name for name, state in self.states.items() if state.flapping}
 
     def observe_event(self, event: ContainerEvent) -> list[Transition]:
         """Apply one container event; return the transitions it caused."""
@@ -215,11 +224,14 @@ class StateMachine:
         shorter than the default stable period, so it does not end the loop.
         """
         transitions = []
-        for state in self.states.values():
-            if not state.flapping:
+        for name in sorted(self._looping):
+            state = self.states.get(name)
+            if state is None or not state.flapping:
+                self._looping.discard(name)
                 continue
             if now - _last_change(state) < self.policy.stable_after:
                 continue
+            self._looping.discard(name)
             state.flapping = False
             restarts = state.loop_deaths
             state.loop_deaths = 0
@@ -243,9 +255,9 @@ class StateMachine:
     def next_stable_check(self) -> float | None:
         """Return when the earliest restart loop may be declared over, if any."""
         times = [
-            _last_change(s) + self.policy.stable_after
-            for s in self.states.values()
-            if s.flapping
+            _last_change(self.states[name]) + self.policy.stable_after
+            for name in self._looping
+            if name in self.states
         ]
         return min(times) if times else None
 
@@ -289,6 +301,7 @@ class StateMachine:
                 return None
             if len(state.deaths) >= self.policy.threshold:
                 state.flapping = True
+                self._looping.add(state.name)
                 state.loop_deaths = len(state.deaths)
                 return AlertKind.RESTART_LOOP
         if state.flapping:
