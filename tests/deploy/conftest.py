@@ -1,0 +1,196 @@
+"""Paths, parsers and fixtures shared by the deployment tests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import _required_env
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_DIR = REPO / "compose"
+COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
+ENV_EXAMPLE = COMPOSE_DIR / ".env.example"
+DOCKERFILE = COMPOSE_DIR / "Dockerfile"
+PROMTAIL_CONFIG = REPO / "promtail" / "config.yml"
+ALLOY_CONFIG = REPO / "promtail" / "config.alloy"
+DASHBOARD = COMPOSE_DIR / "grafana" / "molochain-dashboard.json"
+
+WORKER_IMAGE = "molochain-test/workers:latest"
+TEST_LABEL = "molochain-test"
+
+
+def run_compose(
+    args: list[str],
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run Debian's ``docker-compose`` with only PATH and ``env`` set.
+
+    A clean environment keeps the caller's shell variables (LOG_LEVEL, say)
+    out of the interpolation under test.
+    """
+    return subprocess.run(
+        ["docker-compose", *args],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def compose_config(env_file: Path, env: Mapping[str, str] | None = None) -> Any:
+    """Return the compose file as ``docker-compose config`` resolves it."""
+    result = run_compose(
+        [
+            "--project-directory",
+            str(COMPOSE_DIR),
+            "--env-file",
+            str(env_file),
+            "-f",
+            str(COMPOSE_FILE),
+            "config",
+        ],
+        env,
+    )
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a compose ``.env`` file: KEY=VALUE lines, ``#`` comments."""
+    values: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        key, _, value = stripped.partition("=")
+        values[key.strip()] = value.strip()
+    return values
+
+
+@pytest.fixture(scope="session")
+def base_image() -> str:
+    return _required_env("MOLO_TEST_BASE_IMAGE")
+
+
+class WheelServer:
+    """Serve a wheelhouse over HTTP on 127.0.0.1 for ``pip --find-links``."""
+
+    def __init__(self, directory: Path) -> None:
+        handler = partial(_QuietHandler, directory=str(directory))
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}/"
+
+    def start(self) -> WheelServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def build_wheelhouse(root: Path) -> Path:
+    """Download the project's dependencies and setuptools as wheels, once per pyproject.
+
+    The project itself is left out: the image builds it from the sources in
+    the build context.
+    """
+    digest = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    directory = root / "wheelhouse" / digest
+    done = directory / ".complete"
+    if done.exists():
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--wheel-dir",
+            str(directory),
+            str(REPO),
+            "setuptools",
+        ],
+        check=True,
+        timeout=600,
+    )
+    for wheel in directory.glob("molochain_workers-*.whl"):
+        wheel.unlink()
+    done.touch()
+    return directory
+
+
+@pytest.fixture(scope="session")
+def worker_image(docker_host: str, base_image: str) -> Iterator[str]:
+    """Build compose/Dockerfile on the private dockerd from the offline base image.
+
+    The registries are reachable only through a proxy that containers do not
+    trust, so pip installs from a local wheelhouse over loopback, which needs
+    the host network during the build. Docker's layer cache keeps repeated
+    builds fast while the sources are unchanged.
+    """
+    root = Path(_required_env("MOLO_TEST_ROOT"))
+    wheels = WheelServer(build_wheelhouse(root)).start()
+    try:
+        result = subprocess.run(
+            [
+                "docker",
+                "build",
+                "--network",
+                "host",
+                "--force-rm",
+                "--file",
+                str(DOCKERFILE),
+                "--tag",
+                WORKER_IMAGE,
+                "--label",
+                f"{TEST_LABEL}=1",
+                "--build-arg",
+                f"BASE_IMAGE={base_image}",
+                # Debian bookworm's own client, which the offline base carries.
+                "--build-arg",
+                "PG_MAJOR=15",
+                "--build-arg",
+                "PIP_NO_INDEX=1",
+                "--build-arg",
+                f"PIP_FIND_LINKS={wheels.url}",
+                str(REPO),
+            ],
+            env={**os.environ, "DOCKER_HOST": docker_host},
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+    finally:
+        wheels.stop()
+    assert result.returncode == 0, (
+        f"image build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    )
+    yield WORKER_IMAGE
