@@ -11,6 +11,7 @@ set -euo pipefail
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MOLO_TEST_ROOT=${MOLO_TEST_ROOT:-/tmp/molochain-test}
 MOLO_TEST_IMAGE=${MOLO_TEST_IMAGE:-molochain-test/busybox:latest}
+MOLO_TEST_BASE_IMAGE=${MOLO_TEST_BASE_IMAGE:-molochain-test/bookworm-python:latest}
 MOLO_TEST_PUSHGATEWAY_PORT=${MOLO_TEST_PUSHGATEWAY_PORT:-19091}
 MOLO_TEST_PROMETHEUS_PORT=${MOLO_TEST_PROMETHEUS_PORT:-19090}
 VENV=${VENV:-$REPO_ROOT/.venv}
@@ -98,6 +99,30 @@ build_test_image() {
     rm -rf "$rootfs"
 }
 
+# Build a minimal bookworm image with Python, PostgreSQL's client and tini, so
+# the image build test needs no registry: debootstrap fetches only Debian
+# packages. Arguments: socket, image. Kept on the private dockerd across runs.
+build_base_image() {
+    local socket=$1 image=$2
+    if DOCKER_HOST="unix://$socket" docker image inspect "$image" >/dev/null 2>&1; then
+        return 0
+    fi
+    log "building $image with debootstrap"
+    local rootfs
+    rootfs=$(mktemp -d)
+    if ! debootstrap --variant=minbase --include=python3,python3-venv,postgresql-client,tini \
+            bookworm "$rootfs" http://deb.debian.org/debian >"$MOLO_TEST_ROOT/debootstrap.log" 2>&1; then
+        log "debootstrap failed; see $MOLO_TEST_ROOT/debootstrap.log"
+        rm -rf "$rootfs"
+        return 1
+    fi
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    tar -C "$rootfs" -c . | DOCKER_HOST="unix://$socket" docker import \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'CMD ["/bin/bash"]' - "$image" >/dev/null
+    rm -rf "$rootfs"
+}
+
 start_postgres() {
     if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
         return 0
@@ -168,11 +193,14 @@ main() {
     setup_venv
     start_dockerd "$MOLO_TEST_ROOT/docker"
     build_test_image "$MOLO_TEST_ROOT/docker/docker.sock" "$MOLO_TEST_IMAGE"
+    # Only the image build tests need it, so the other tests still run without it.
+    build_base_image "$MOLO_TEST_ROOT/docker/docker.sock" "$MOLO_TEST_BASE_IMAGE" \
+        || log "no $MOLO_TEST_BASE_IMAGE: the image build tests will fail"
     start_postgres
     start_pushgateway "$MOLO_TEST_PUSHGATEWAY_PORT"
     start_prometheus "$MOLO_TEST_PROMETHEUS_PORT" "$MOLO_TEST_PUSHGATEWAY_PORT"
 
-    export MOLO_TEST_ROOT MOLO_TEST_IMAGE
+    export MOLO_TEST_ROOT MOLO_TEST_IMAGE MOLO_TEST_BASE_IMAGE
     export MOLO_TEST_DOCKER_HOST="unix://$MOLO_TEST_ROOT/docker/docker.sock"
     export MOLO_TEST_PUSHGATEWAY="http://127.0.0.1:$MOLO_TEST_PUSHGATEWAY_PORT"
     export MOLO_TEST_PROMETHEUS="http://127.0.0.1:$MOLO_TEST_PROMETHEUS_PORT"
