@@ -222,11 +222,13 @@ def file_names(directory: Path) -> set[str]:
 
 
 def wait_for_file(directory: Path, pattern: str, timeout: float = 30) -> Path:
-    return wait_for(
+    found: Path | None = wait_for(
         lambda: next(iter(sorted(directory.rglob(pattern))), None),
         timeout=timeout,
         what=f"a file matching {pattern} under {directory}",
     )
+    assert found is not None
+    return found
 
 
 @pytest.fixture
