@@ -89,9 +89,17 @@ def base_image() -> str:
 class WheelServer:
     """Serve a wheelhouse over HTTP on 127.0.0.1 for ``pip --find-links``."""
 
+    # A fixed port keeps the PIP_FIND_LINKS build argument, and with it
+    # Docker's layer cache, the same from one run to the next.
+    PORT = 19092
+
     def __init__(self, directory: Path) -> None:
         handler = partial(_QuietHandler, directory=str(directory))
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        try:
+            self.server = ThreadingHTTPServer(("127.0.0.1", self.PORT), handler)
+        except OSError:
+            # In use: any free port works, at the cost of a full rebuild.
+            self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
