@@ -17,6 +17,9 @@ import pytest
 import yaml
 
 from tests.conftest import _required_env
+from tests.support.pushgateway import delete_group
+from tests.support.slack import SlackReceiver
+from tests.support.worker import run_once
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "compose"
@@ -202,3 +205,63 @@ def worker_image(docker_host: str, base_image: str) -> Iterator[str]:
         f"image build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     )
     yield WORKER_IMAGE
+
+
+class BackupRun:
+    """One real ``molochain-workers backup now`` run against the test PostgreSQL."""
+
+    def __init__(self, backup_dir: Path, instance: str, database: str) -> None:
+        self.backup_dir = backup_dir
+        self.instance = instance
+        self.database = database
+
+    @property
+    def log_file(self) -> Path:
+        return self.backup_dir / "backup.log"
+
+
+@pytest.fixture
+def backup_run(
+    tmp_path: Path, prefix: str, pushgateway_url: str, slack: SlackReceiver
+) -> Iterator[BackupRun]:
+    """Dump a throwaway database once, pushing metrics and alerting to ``slack``."""
+    host = _required_env("MOLO_TEST_PGHOST")
+    port = _required_env("MOLO_TEST_PGPORT")
+    database = prefix.replace("-", "_")
+    psql = ["psql", "-h", host, "-p", port, "-U", "postgres", "-v", "ON_ERROR_STOP=1"]
+    subprocess.run(
+        [*psql, "-d", "postgres", "-c", f'CREATE DATABASE "{database}"'],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    instance = f"{prefix}-backup"
+    run = BackupRun(tmp_path / "backups", instance, database)
+    try:
+        result = run_once(
+            ["backup", "now", "--database", database],
+            {
+                "PGHOST": host,
+                "PGPORT": port,
+                "PGUSER": "postgres",
+                # The shared test server trusts loopback and ignores it.
+                "PGPASSWORD": "deploy-test-password",
+                "BACKUP_DIR": str(run.backup_dir),
+                "BACKUP_GLOBALS": "false",
+                "SLACK_WEBHOOK_URL": slack.url,
+                "PROMETHEUS_PUSHGATEWAY": pushgateway_url,
+                "INSTANCE_NAME": instance,
+                "LOG_LEVEL": "DEBUG",
+            },
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        yield run
+    finally:
+        delete_group(pushgateway_url, "backup-worker", instance)
+        subprocess.run(
+            [*psql, "-d", "postgres", "-c", f'DROP DATABASE IF EXISTS "{database}"'],
+            check=False,
+            capture_output=True,
+            timeout=60,
+        )

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from reactor.config import CommonSettings, MonitorSettings, load, secret_fields
+from handlers.backup.settings import BackupSettings
+from reactor.config import MonitorSettings, load, secret_fields
 from tests.deploy.conftest import (
     COMPOSE_FILE,
     ENV_EXAMPLE,
@@ -171,9 +172,12 @@ def test_backup_defaults_match_readme(default_config: Any) -> None:
     env = environment(default_config, "backup-worker")
     for variable, default in BACKUP_DEFAULTS.items():
         assert env.get(variable) == default, variable
-    for variable in variables(CommonSettings):
+    for variable in variables(BackupSettings):
         assert variable in env, f"{variable} is missing from backup-worker"
-    assert load(CommonSettings, without_secret_files(env)) == load(CommonSettings, {})
+    # PGPASSWORD has no default, so both sides get the same one.
+    password = {"PGPASSWORD": "compose-test"}
+    from_compose = load(BackupSettings, {**without_secret_files(env), **password})
+    assert from_compose == load(BackupSettings, password)
 
 
 def test_secrets_come_from_files(default_config: Any) -> None:

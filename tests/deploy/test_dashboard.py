@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
 
 from tests.conftest import _required_env
-from tests.deploy.conftest import DASHBOARD
+from tests.deploy.conftest import DASHBOARD, BackupRun
 from tests.support.docker_env import Containers
-from tests.support.pushgateway import delete_group
 from tests.support.slack import SlackReceiver
 from tests.support.waiting import wait_for
 from tests.support.worker import WorkerProcess
@@ -56,65 +53,6 @@ def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
 @pytest.fixture
 def prometheus() -> str:
     return _required_env("MOLO_TEST_PROMETHEUS")
-
-
-@pytest.fixture
-def backup_instance(prefix: str, pushgateway_url: str) -> Iterator[str]:
-    instance = f"{prefix}-backup"
-    yield instance
-    delete_group(pushgateway_url, "backup-worker", instance)
-
-
-def push_backup_metrics(gateway: str, instance: str) -> None:
-    """Push the backup worker's metric names for one successful run.
-
-    NOTE: the backup worker is not in the tree yet, so these series are
-    pushed here with the names and labels it is specified to push. Replace
-    this with a real backup-worker run once it lands.
-    """
-    registry = CollectorRegistry()
-    success = Gauge(
-        "backup_last_success_timestamp_seconds",
-        "Time of the last successful backup.",
-        ["database"],
-        registry=registry,
-    )
-    duration = Gauge(
-        "backup_last_duration_seconds",
-        "Duration of the last backup.",
-        ["database"],
-        registry=registry,
-    )
-    size = Gauge(
-        "backup_last_size_bytes",
-        "Size of the last dump file.",
-        ["database"],
-        registry=registry,
-    )
-    status = Gauge(
-        "backup_last_status",
-        "1 when the last backup succeeded.",
-        ["database"],
-        registry=registry,
-    )
-    failures = Counter(
-        "backup_failures", "Failed backups.", ["database"], registry=registry
-    )
-    sent = Counter("alerts_sent", "Alerts sent.", ["channel"], registry=registry)
-    failed = Counter("alerts_failed", "Alerts failed.", ["channel"], registry=registry)
-    success.labels("molochain").set(time.time() - 60)
-    duration.labels("molochain").set(4.2)
-    size.labels("molochain").set(123_456)
-    status.labels("molochain").set(1)
-    failures.labels("molochain").inc(0)
-    sent.labels("slack").inc()
-    failed.labels("slack").inc(0)
-    push_to_gateway(
-        gateway,
-        job="backup-worker",
-        registry=registry,
-        grouping_key={"instance": instance},
-    )
 
 
 def test_dashboard_importable() -> None:
@@ -157,7 +95,7 @@ def test_every_panel_returns_data(
     start_monitor: StartMonitor,
     slack: SlackReceiver,
     prometheus: str,
-    backup_instance: str,
+    backup_run: BackupRun,
 ) -> None:
     # The monitor pushes alert counts with its next heartbeat, not on delivery.
     monitor_env["CHECK_INTERVAL"] = "2"
@@ -166,8 +104,7 @@ def test_every_panel_returns_data(
     start_monitor(monitor_env)
     containers.api.stop(stopped, timeout=1)
     wait_for(lambda: slack.accepted, what="an alert at the Slack receiver")
-    gateway = monitor_env["PROMETHEUS_PUSHGATEWAY"]
-    push_backup_metrics(gateway, backup_instance)
+    backup_instance = backup_run.instance
 
     monitor_instance = monitor_env["INSTANCE_NAME"]
     instances = f"{monitor_instance}|{backup_instance}"

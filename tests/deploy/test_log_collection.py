@@ -16,7 +16,7 @@ import yaml
 
 from reactor.alerts import AlertType
 from reactor.config import MonitorSettings, load
-from tests.deploy.conftest import ALLOY_CONFIG, PROMTAIL_CONFIG
+from tests.deploy.conftest import ALLOY_CONFIG, PROMTAIL_CONFIG, BackupRun
 from tests.support.docker_env import Containers
 from tests.support.slack import SlackReceiver
 from tests.support.waiting import wait_for
@@ -29,7 +29,6 @@ StartMonitor = Callable[[dict[str, str]], WorkerProcess]
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
 
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
-WORKER_NAMES = {"health-monitor", "backup-worker"}
 
 # label="value", label=~"regex", label!="value" or label!~"regex" inside {}.
 MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
@@ -154,14 +153,33 @@ def test_pipeline_matches_monitor_log(
     worker.wait_event("alert_sent")
     worker.stop()
 
-    log_file = Path(monitor_env["HEALTH_LOG_DIR"]) / "health-monitor.log"
+    lines = read_json_lines(Path(monitor_env["HEALTH_LOG_DIR"]) / "health-monitor.log")
+    check_pipeline_fields(lines, "health-monitor")
+    alert_types = {line["alert_type"] for line in lines if "alert_type" in line}
+    assert alert_types <= {member.value for member in AlertType}
+    assert alert_types
+
+
+@pytest.mark.postgres
+def test_pipeline_matches_backup_log(backup_run: BackupRun) -> None:
+    lines = read_json_lines(backup_run.log_file)
+    check_pipeline_fields(lines, "backup-worker")
+    databases = {line["database"] for line in lines if "database" in line}
+    assert backup_run.database in databases
+
+
+def read_json_lines(log_file: Path) -> list[dict[str, Any]]:
     lines = [
         json.loads(line)
         for line in log_file.read_text(encoding="utf-8").splitlines()
         if line.strip()
     ]
     assert lines, f"{log_file} is empty"
+    return lines
 
+
+def check_pipeline_fields(lines: list[dict[str, Any]], worker: str) -> None:
+    """Check that every field and label the pipeline reads is in the log lines."""
     expressions, timestamp, labels = pipeline_fields()
     assert timestamp["source"] in expressions
     assert timestamp["format"] == "RFC3339Nano"
@@ -173,12 +191,9 @@ def test_pipeline_matches_monitor_log(
         assert RFC3339.fullmatch(line["time"]), line["time"]
         assert datetime.fromisoformat(line["time"]).tzinfo is not None
         assert line["level"] in LEVELS
-        assert line["worker"] in WORKER_NAMES
+        assert line["worker"] == worker
     for field in expressions.values():
         assert any(field in line for line in lines), f"no line carries {field}"
-    alert_types = {line["alert_type"] for line in lines if "alert_type" in line}
-    assert alert_types <= {member.value for member in AlertType}
-    assert alert_types
 
 
 @pytest.mark.docker
