@@ -1,0 +1,185 @@
+"""Idle cost: CPU time and memory of the monitor watching healthy containers.
+
+It starts ``--containers`` healthy containers (health check every 10 s) on the
+private test dockerd and runs, side by side over the same window:
+
+* ``molochain-workers health-monitor`` with CHECK_INTERVAL=60 (the default),
+* the same with CHECK_INTERVAL=3600, so no reconciliation falls in the window
+  and what remains is the cost of following the events stream,
+* the polling baseline (``bench/polling.py``) at 60 s and at 5 s.
+
+CPU time is utime + stime from ``/proc/PID/stat`` (1/100 s resolution),
+measured over the window after a warm-up and extrapolated to an hour.
+Memory is VmRSS and VmHWM from ``/proc/PID/status`` at the end.
+
+Run: ``.venv/bin/python -m bench.idle`` (options: ``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import docker
+
+from bench.common import (
+    load_average,
+    print_table,
+    process_cpu_seconds,
+    process_memory_kib,
+    service_env,
+    write_results,
+)
+from tests.support.docker_env import Containers
+from tests.support.pushgateway import delete_group
+from tests.support.slack import SlackReceiver
+from tests.support.worker import WorkerProcess
+
+HEALTHCHECK = {
+    "test": ["CMD-SHELL", "test -f /tmp/ok"],
+    "interval": 10_000_000_000,
+    "timeout": 5_000_000_000,
+    "retries": 3,
+    "start_period": 0,
+}
+WARM_UP = 10.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--containers", type=int, default=50, help="healthy containers")
+    parser.add_argument(
+        "--window", type=float, default=600.0, help="seconds of measurement"
+    )
+    args = parser.parse_args()
+    services = service_env()
+    docker_host = services["MOLO_TEST_DOCKER_HOST"]
+    gateway = services["MOLO_TEST_PUSHGATEWAY"]
+    prefix = f"bench-idle-{uuid.uuid4().hex[:6]}"
+    api = docker.APIClient(base_url=docker_host, version="auto", timeout=60)
+    created = Containers(api, services["MOLO_TEST_IMAGE"], prefix)
+    slack = SlackReceiver().start()
+    processes: dict[str, subprocess.Popen[Any]] = {}
+    workers: list[WorkerProcess] = []
+    results: dict[str, Any] = {"containers": args.containers, "window": args.window}
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(
+                pool.map(
+                    lambda index: created.run(
+                        f"c{index:04d}",
+                        "touch /tmp/ok; exec sleep 7200",
+                        healthcheck=HEALTHCHECK,
+                    ),
+                    range(args.containers),
+                )
+            )
+        for interval in ("60", "3600"):
+            worker = WorkerProcess(
+                ["health-monitor"],
+                {
+                    "DOCKER_HOST": docker_host,
+                    "HEALTH_LOG_DIR": tempfile.mkdtemp(prefix="bench-idle-"),
+                    "CONTAINERS_TO_MONITOR": f"{prefix}-*",
+                    "CHECK_INTERVAL": interval,
+                    "INSTANCE_NAME": f"{prefix}-{interval}",
+                    "SLACK_WEBHOOK_URL": slack.url,
+                    "PROMETHEUS_PUSHGATEWAY": gateway,
+                },
+            ).start()
+            workers.append(worker)
+            assert worker.process is not None
+            processes[f"monitor, CHECK_INTERVAL={interval}"] = worker.process
+        for interval in ("60", "5"):
+            processes[f"polling every {interval} s"] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.polling",
+                    "--interval",
+                    interval,
+                    "--prefix",
+                    f"{prefix}-",
+                    "--docker-host",
+                    docker_host,
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+        for worker in workers:
+            worker.wait_event("connected", timeout=60)
+        time.sleep(WARM_UP)
+
+        load_before = load_average()
+        before = {name: process_cpu_seconds(p.pid) for name, p in processes.items()}
+        started = time.monotonic()
+        time.sleep(args.window)
+        window = time.monotonic() - started
+        after = {name: process_cpu_seconds(p.pid) for name, p in processes.items()}
+        memory = {name: process_memory_kib(p.pid) for name, p in processes.items()}
+        results.update(
+            window=window,
+            load_before=load_before,
+            load_after=load_average(),
+            cpu_seconds={name: after[name] - before[name] for name in processes},
+            memory_kib=memory,
+            transitions_logged={
+                f"monitor, CHECK_INTERVAL={interval}": len(
+                    [line for line in worker.lines if line.get("event") == "transition"]
+                )
+                for interval, worker in zip(("60", "3600"), workers, strict=True)
+            },
+        )
+    finally:
+        for worker in workers:
+            worker.kill()
+        for name, process in processes.items():
+            if name.startswith("polling"):
+                process.terminate()
+                process.wait(10)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda name: _remove(api, name), created.created))
+        for interval in ("60", "3600"):
+            delete_group(gateway, "health-monitor", f"{prefix}-{interval}")
+        slack.stop()
+        api.close()
+
+    rows = []
+    for name, cpu in results["cpu_seconds"].items():
+        memory = results["memory_kib"][name]
+        rows.append(
+            [
+                name,
+                cpu,
+                cpu * 3600 / results["window"],
+                memory["VmRSS"] / 1024,
+                memory["VmHWM"] / 1024,
+            ]
+        )
+    print(f"{args.containers} healthy containers, window {results['window']:.0f} s")
+    print_table(
+        [
+            "process",
+            "CPU s in window",
+            "CPU s per hour (extrapolated)",
+            "VmRSS MiB",
+            "VmHWM MiB",
+        ],
+        rows,
+    )
+    write_results("idle", results)
+
+
+def _remove(api: docker.APIClient, name: str) -> None:
+    with contextlib.suppress(docker.errors.NotFound):
+        api.remove_container(name, force=True)
+
+
+if __name__ == "__main__":
+    main()
