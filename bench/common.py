@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -10,8 +11,11 @@ import statistics
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import docker
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TEST_ROOT = Path(os.environ.get("MOLO_TEST_ROOT", "/tmp/molochain-test"))
@@ -152,3 +156,35 @@ def process_memory_kib(pid: int) -> dict[str, int]:
             if key in {"VmRSS", "VmHWM"}:
                 found[key] = int(line.split()[1])
     return found
+
+
+def monitor_env(
+    services: dict[str, str],
+    prefix: str,
+    *,
+    check_interval: int,
+    slack_url: str,
+    log_dir: str,
+    gateway: str | None = None,
+) -> dict[str, str]:
+    """Return the settings of a health monitor watching only ``prefix-*``."""
+    return {
+        "DOCKER_HOST": services["MOLO_TEST_DOCKER_HOST"],
+        "HEALTH_LOG_DIR": log_dir,
+        "CONTAINERS_TO_MONITOR": f"{prefix}-*",
+        "CHECK_INTERVAL": str(check_interval),
+        "INSTANCE_NAME": prefix,
+        "SLACK_WEBHOOK_URL": slack_url,
+        "PROMETHEUS_PUSHGATEWAY": gateway or services["MOLO_TEST_PUSHGATEWAY"],
+    }
+
+
+def remove_containers(api: docker.APIClient, names: Iterable[str]) -> None:
+    """Remove containers by force, eight at a time; a missing one is skipped."""
+
+    def remove(name: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            api.remove_container(name, force=True)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(remove, names))

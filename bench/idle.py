@@ -18,7 +18,6 @@ Run: ``.venv/bin/python -m bench.idle`` (options: ``--help``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import subprocess
 import sys
 import tempfile
@@ -31,9 +30,11 @@ import docker
 
 from bench.common import (
     load_average,
+    monitor_env,
     print_table,
     process_cpu_seconds,
     process_memory_kib,
+    remove_containers,
     service_env,
     write_results,
 )
@@ -85,13 +86,14 @@ def main() -> None:
             worker = WorkerProcess(
                 ["health-monitor"],
                 {
-                    "DOCKER_HOST": docker_host,
-                    "HEALTH_LOG_DIR": tempfile.mkdtemp(prefix="bench-idle-"),
-                    "CONTAINERS_TO_MONITOR": f"{prefix}-*",
-                    "CHECK_INTERVAL": interval,
+                    **monitor_env(
+                        services,
+                        prefix,
+                        check_interval=int(interval),
+                        slack_url=slack.url,
+                        log_dir=tempfile.mkdtemp(prefix="bench-idle-"),
+                    ),
                     "INSTANCE_NAME": f"{prefix}-{interval}",
-                    "SLACK_WEBHOOK_URL": slack.url,
-                    "PROMETHEUS_PUSHGATEWAY": gateway,
                 },
             ).start()
             workers.append(worker)
@@ -143,8 +145,7 @@ def main() -> None:
             if name.startswith("polling"):
                 process.terminate()
                 process.wait(10)
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda name: _remove(api, name), created.created))
+        remove_containers(api, created.created)
         for interval in ("60", "3600"):
             delete_group(gateway, "health-monitor", f"{prefix}-{interval}")
         slack.stop()
@@ -174,11 +175,6 @@ def main() -> None:
         rows,
     )
     write_results("idle", results)
-
-
-def _remove(api: docker.APIClient, name: str) -> None:
-    with contextlib.suppress(docker.errors.NotFound):
-        api.remove_container(name, force=True)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ Run: ``.venv/bin/python -m bench.latency`` (options: ``--help``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import tempfile
 import time
@@ -37,7 +36,9 @@ import docker
 
 from bench.common import (
     load_average,
+    monitor_env,
     print_table,
+    remove_containers,
     service_env,
     summarise,
     write_results,
@@ -87,6 +88,7 @@ class Run:
 
     def __init__(self, services: dict[str, str], size: int) -> None:
         self.size = size
+        self.services = services
         self.docker_host = services["MOLO_TEST_DOCKER_HOST"]
         self.gateway = services["MOLO_TEST_PUSHGATEWAY"]
         self.prefix = f"bench-lat{size}-{uuid.uuid4().hex[:6]}"
@@ -193,17 +195,17 @@ class Run:
         worker = WorkerProcess(
             ["health-monitor"],
             {
-                "DOCKER_HOST": self.docker_host,
-                "HEALTH_LOG_DIR": log_dir,
-                "CONTAINERS_TO_MONITOR": f"{self.prefix}-*",
-                "CHECK_INTERVAL": "60",
-                "INSTANCE_NAME": self.prefix,
-                "SLACK_WEBHOOK_URL": slack.url,
-                "PROMETHEUS_PUSHGATEWAY": pushes.url,
-                # Kills repeat on the same containers; a restart loop would
-                # silence their alerts, which is not what is measured here.
+                **monitor_env(
+                    self.services,
+                    self.prefix,
+                    check_interval=60,
+                    slack_url=slack.url,
+                    log_dir=log_dir,
+                    gateway=pushes.url,
+                ),
+                # Kills repeat on the same containers, and a restart loop
+                # would silence their alerts, which is not what is measured.
                 "RESTART_LOOP_THRESHOLD": "1000000",
-                "LOG_LEVEL": "INFO",
             },
         ).start()
         load_before = load_average()
@@ -268,8 +270,7 @@ class Run:
             watcher.stop()
             slack.stop()
             pushes.stop()
-            with ThreadPoolExecutor(max_workers=8) as pool:
-                list(pool.map(self._remove, self.containers.created))
+            remove_containers(self.api, self.containers.created)
             delete_group(self.gateway, "health-monitor", self.prefix)
             self.api.close()
         return {
@@ -284,10 +285,6 @@ class Run:
     def _touch_ok(self, name: str, command: str) -> None:
         """Create or delete the file the health check tests for."""
         self.containers.exec(name, command, "/tmp/ok")
-
-    def _remove(self, name: str) -> None:
-        with contextlib.suppress(docker.errors.NotFound):
-            self.api.remove_container(name, force=True)
 
 
 def polling_latency(interval: float, cycle: float) -> dict[str, float]:

@@ -45,9 +45,11 @@ import docker
 
 from bench.common import (
     load_average,
+    monitor_env,
     print_table,
     process_cpu_seconds,
     process_memory_kib,
+    remove_containers,
     service_env,
     write_results,
 )
@@ -300,15 +302,13 @@ def synthetic(services: dict[str, str], containers: int, ticks: int) -> dict[str
     work = Path(tempfile.mkdtemp(prefix="bench-storm-"))
     settings = load(
         MonitorSettings,
-        {
-            "DOCKER_HOST": services["MOLO_TEST_DOCKER_HOST"],
-            "HEALTH_LOG_DIR": str(work),
-            "CONTAINERS_TO_MONITOR": f"{prefix}-*",
-            "CHECK_INTERVAL": "3600",
-            "INSTANCE_NAME": prefix,
-            "SLACK_WEBHOOK_URL": slack.url,
-            "PROMETHEUS_PUSHGATEWAY": services["MOLO_TEST_PUSHGATEWAY"],
-        },
+        monitor_env(
+            services,
+            prefix,
+            check_interval=3600,
+            slack_url=slack.url,
+            log_dir=str(work),
+        ),
     )
     # The worker logs JSON lines to stdout and a file; stdout goes to
     # /dev/null here so the table stays readable, but every line is formatted.
@@ -390,15 +390,13 @@ def live(services: dict[str, str], containers: int, seconds: float) -> dict[str,
     work = Path(tempfile.mkdtemp(prefix="bench-storm-live-"))
     worker = WorkerProcess(
         ["health-monitor"],
-        {
-            "DOCKER_HOST": docker_host,
-            "HEALTH_LOG_DIR": str(work),
-            "CONTAINERS_TO_MONITOR": f"{prefix}-*",
-            "CHECK_INTERVAL": "3600",
-            "INSTANCE_NAME": prefix,
-            "SLACK_WEBHOOK_URL": slack.url,
-            "PROMETHEUS_PUSHGATEWAY": services["MOLO_TEST_PUSHGATEWAY"],
-        },
+        monitor_env(
+            services,
+            prefix,
+            check_interval=3600,
+            slack_url=slack.url,
+            log_dir=str(work),
+        ),
     ).start()
     load_before = load_average()
     try:
@@ -424,8 +422,7 @@ def live(services: dict[str, str], containers: int, seconds: float) -> dict[str,
         worker.stop()
     finally:
         worker.kill()
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda name: _remove(api, name), created.created))
+        remove_containers(api, created.created)
         watcher.stop()
         slack.stop()
         delete_group(services["MOLO_TEST_PUSHGATEWAY"], "health-monitor", prefix)
@@ -477,11 +474,6 @@ def live(services: dict[str, str], containers: int, seconds: float) -> dict[str,
         "load_before": load_before,
         "load_after": load_after,
     }
-
-
-def _remove(api: docker.APIClient, name: str) -> None:
-    with contextlib.suppress(docker.errors.NotFound):
-        api.remove_container(name, force=True)
 
 
 def main() -> None:
