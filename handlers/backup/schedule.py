@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.triggers.cron import CronTrigger
 
@@ -31,14 +31,22 @@ class LocalCronTrigger(CronTrigger):  # type: ignore[misc]
             and previous_fire_time is not None
             and _wall_clock(fire_time) == _wall_clock(previous_fire_time)
         ):
-            fire_time = super().get_next_fire_time(
-                fire_time, fire_time + timedelta(microseconds=1)
-            )
+            fire_time = super().get_next_fire_time(fire_time, just_after(fire_time))
         return fire_time
 
 
 def _wall_clock(moment: datetime) -> datetime:
     return moment.replace(tzinfo=None)
+
+
+def just_after(moment: datetime) -> datetime:
+    """Return the instant one microsecond after ``moment``.
+
+    The sum is taken in UTC: Python adds to an aware time by wall clock, and
+    in the repeated hour after clocks go back that lands on the first
+    occurrence again, so APScheduler 3.11 would return the same fire time.
+    """
+    return moment.astimezone(UTC) + timedelta(microseconds=1)
 
 
 def fire_times(
@@ -47,14 +55,14 @@ def fire_times(
     """Return the fire times strictly after ``after`` and at or before ``until``."""
     found: list[datetime] = []
     previous: datetime | None = None
-    moment = after + timedelta(microseconds=1)
+    moment = just_after(after)
     while len(found) < MAX_FIRE_TIMES:
         fire_time: datetime | None = trigger.get_next_fire_time(previous, moment)
         if fire_time is None or fire_time > until:
             break
         found.append(fire_time)
         previous = fire_time
-        moment = fire_time + timedelta(microseconds=1)
+        moment = just_after(fire_time)
     return found
 
 
