@@ -167,6 +167,7 @@ def healthcheck(_args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     grace = timedelta(seconds=settings.backup_healthcheck_grace)
     expected = previous_fire_time(settings.trigger(), now - grace)
+
     state = ScheduleStore(layout.schedule_path).load()
     if state.first_start is None:
         print(f"unhealthy: the backup worker has never started with {layout.root}")
@@ -174,11 +175,13 @@ def healthcheck(_args: argparse.Namespace) -> int:
     if expected is None or expected < state.first_start:
         print("healthy: no scheduled backup is due yet")
         return EXIT_OK
+
     status = StatusStore(layout.status_path).load()
     databases = settings.backup_databases or sorted(status.databases)
     if not databases:
         print(f"unhealthy: no backup recorded in {layout.status_path}")
         return EXIT_FAILURE
+
     stale = []
     for database in databases:
         entry = status.databases.get(database)

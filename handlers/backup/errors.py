@@ -6,14 +6,10 @@ from reactor.errors import WorkerError
 
 
 class BackupError(WorkerError):
-    """A backup step failed; ``stderr`` holds the last lines the program wrote."""
+    """A backup step failed; ``stderr`` contains the last lines the program wrote."""
 
     def __init__(self, step: str, message: str, stderr: str = "") -> None:
         super().__init__(message)
         self.step = step
         self.message = message
         self.stderr = stderr
-
-
-class RunInProgressError(WorkerError):
-    """Another backup run holds the lock in BACKUP_DIR."""

@@ -1,4 +1,4 @@
-"""Where backups live under BACKUP_DIR and how their files are named.
+"""The directory layout under BACKUP_DIR and the names of backup files.
 
 ::
 

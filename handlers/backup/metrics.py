@@ -55,6 +55,7 @@ class BackupCollector(Collector):
             "Failed backup attempts since BACKUP_DIR was created.",
             labels=labels,
         )
+
         for name, entry in sorted(status.databases.items()):
             last_success.add_metric([name], entry.last_success_time)
             duration.add_metric([name], entry.last_duration_seconds)

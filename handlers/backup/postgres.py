@@ -215,7 +215,7 @@ async def program_major(program: str, connection: Connection) -> int:
 
 @dataclass(frozen=True, slots=True)
 class DatabaseInfo:
-    """What the checks before a dump need to know about a database."""
+    """Server version and size of a database, read by the checks before a dump."""
 
     server_version_num: int
     size_bytes: int

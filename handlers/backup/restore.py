@@ -97,7 +97,7 @@ async def restore(
 ) -> None:
     """Restore ``source`` into database ``target``.
 
-    A target that exists and holds objects is rejected unless ``clean`` is set;
+    A target that exists and contains objects is rejected unless ``clean`` is set;
     then it is dropped and created again from template0.
     """
     path = await asyncio.to_thread(source.resolve)

@@ -1,4 +1,4 @@
-"""Which backups retention deletes, and the deleting.
+"""Retention: the plan of expired backups, and their deletion.
 
 A file is deleted only when it is strictly older than its kind's limit and is
 not one of the newest ``keep_min`` backups of its database. The newest backups

@@ -83,7 +83,8 @@ def test_custom_backup_restores_equal(
     directory = backup_dir / "daily" / source
     files = sorted(p.name for p in directory.iterdir() if not p.is_symlink())
     assert len(files) == 1
-    assert files[0].startswith(f"{source}_") and files[0].endswith(".dump")
+    assert files[0].startswith(f"{source}_")
+    assert files[0].endswith(".dump")
     dump = directory / files[0]
     assert stat.S_IMODE(dump.stat().st_mode) == 0o600
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700

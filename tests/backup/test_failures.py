@@ -141,7 +141,7 @@ def test_closed_port_fails_cleanly(
     last = first_backup(backup_cli, database, pushgateway_url, prefix)
     before = snapshot_files(backup_dir)
 
-    # A port nothing listens on stands in for a stopped server.
+    # A closed port fails like a stopped server, without stopping the shared one.
     result = backup_cli(
         "backup", "now", BACKUP_DATABASES=database, PGPORT=str(free_port())
     )

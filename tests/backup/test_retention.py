@@ -93,7 +93,7 @@ def test_snapshot_survives_daily_deletion(tmp_path: Path) -> None:
     monthly = layout.files(Kind.MONTHLY, DB)
     assert [m.time.date() for m in monthly] == [date(2025, 2, 1), date(2025, 3, 1)]
     # The daily link of 1 February is past 30 days and gone; the monthly
-    # link still holds the data.
+    # link still contains the data.
     assert kept(layout, Kind.DAILY)[0] == "2025-02-08"
     assert monthly[0].path.read_bytes() == b"PGDMP"
     assert monthly[0].path.stat().st_nlink == 1

@@ -1,4 +1,4 @@
-"""The cron schedule across DST, missed runs, the worker's stop, healthcheck, settings."""
+"""The cron schedule, missed runs, stopping, the healthcheck and invalid settings."""
 
 from __future__ import annotations
 
