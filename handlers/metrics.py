@@ -223,6 +223,7 @@ class MonitorMetrics:
         self.pusher.start()
         signals.connect(signals.container_transition, self._on_transition)
         signals.connect(signals.monitor_heartbeat, self._on_heartbeat)
+        signals.connect(signals.alert_delivered, self._on_delivered)
 
     def _on_transition(self, sender: object, **_payload: object) -> None:
         self._refresh(sender)
@@ -230,6 +231,9 @@ class MonitorMetrics:
 
     def _on_heartbeat(self, sender: object, **_payload: object) -> None:
         self._refresh(sender)
+        self.pusher.request()
+
+    def _on_delivered(self, _sender: object, **_payload: object) -> None:
         self.pusher.request()
 
     def _refresh(self, sender: object) -> None:
@@ -241,4 +245,5 @@ class MonitorMetrics:
     async def stop(self) -> None:
         signals.container_transition.disconnect(self._on_transition)
         signals.monitor_heartbeat.disconnect(self._on_heartbeat)
+        signals.alert_delivered.disconnect(self._on_delivered)
         await self.pusher.stop()

@@ -99,8 +99,8 @@ class ChannelQueue:
             "alert_type": batch[0].type.value,
             "alert_kind": batch[0].kind,
             "subject": batch[0].subject,
-            "worker": batch[0].worker,
         }
+        ok = False
         try:
             await self.channel.deliver(batch)
         except DeliveryError as exc:
@@ -116,12 +116,15 @@ class ChannelQueue:
                 extra={**extra, "event": "alert_failed", "error": str(exc)},
             )
         else:
+            ok = True
             self.stats.sent[self.channel.name] += len(batch)
             logger.info(
                 "Alert sent: %s",
                 batch[0].title if len(batch) == 1 else f"{len(batch)} alerts",
                 extra={**extra, "event": "alert_sent"},
             )
+        # The metrics handlers push the new counts right away.
+        signals.publish(signals.alert_delivered, self, channel=self.channel.name, ok=ok)
 
     async def stop(self, deadline: float) -> int:
         """Wait until the queue is empty or ``deadline`` (monotonic) passes.

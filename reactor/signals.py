@@ -26,6 +26,9 @@ container_transition = namespace.signal("container-transition")
 monitor_heartbeat = namespace.signal("monitor-heartbeat")
 """Sent with ``states=dict[str, ContainerState]`` after each reconciliation."""
 
+alert_delivered = namespace.signal("alert-delivered")
+"""Sent with ``channel=str`` and ``ok=bool`` after each delivery attempt ends."""
+
 backup_finished = namespace.signal("backup-finished")
 """Sent with ``result=BackupResult`` after each database backup attempt."""
 

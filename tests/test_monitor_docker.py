@@ -127,6 +127,16 @@ def test_kill_then_start(
     assert field(down, "Image") == containers.image
     wait_for(lambda: gauge(gateway, instance, name) == 0.0, what="gauge 0")
 
+    # Delivery counts are pushed on delivery, not at the next heartbeat.
+    def sent(channel: str) -> float | None:
+        samples = read_samples(
+            gateway, "alerts_sent_total", job="health-monitor", instance=instance
+        )
+        return samples.get(f"channel={channel}")
+
+    wait_for(lambda: sent("slack") == 1.0, what="alerts_sent_total for Slack")
+    wait_for(lambda: sent("email") == 1.0, what="alerts_sent_total for email")
+
     containers.api.start(name)
     attachments = wait_attachments(slack, 2)
     assert attachments[1]["color"] == "good"
