@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
-from prometheus_client import CollectorRegistry, push_to_gateway
+from prometheus_client import CollectorRegistry, push_to_gateway, pushadd_to_gateway
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from tenacity import wait_exponential
@@ -42,8 +42,13 @@ class Pusher:
         job: str,
         registry: CollectorRegistry,
         grouping_key: Callable[[], Mapping[str, str]],
+        *,
+        replace_group: bool = True,
     ) -> None:
         self.gateway = gateway
+        # PUT replaces the whole group; POST replaces only the pushed names,
+        # which a one-off command uses so it leaves the worker's counters.
+        self.replace_group = replace_group
         self.job = job
         self.registry = registry
         self.grouping_key = grouping_key
@@ -62,7 +67,8 @@ class Pusher:
 
     def push_now(self) -> None:
         """Push synchronously; raises on failure."""
-        push_to_gateway(
+        push = push_to_gateway if self.replace_group else pushadd_to_gateway
+        push(
             self.gateway,
             job=self.job,
             registry=self.registry,

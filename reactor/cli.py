@@ -6,13 +6,13 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from reactor.config import MonitorSettings, describe_settings, load
 from reactor.errors import ConfigError
+from reactor.lifecycle import stop_on_signals
 from reactor.logs import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -50,9 +50,7 @@ async def _run_health_monitor(settings: MonitorSettings) -> int:
         )
         metrics.start()
 
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, _stop_handler(monitor.request_stop, signum))
+    stop_on_signals(monitor.request_stop)
 
     try:
         await monitor.run()
@@ -61,17 +59,6 @@ async def _run_health_monitor(settings: MonitorSettings) -> int:
         if metrics is not None:
             await metrics.stop()
     return EXIT_OK
-
-
-def _stop_handler(stop: Callable[[], None], signum: int) -> Callable[[], None]:
-    def handle() -> None:
-        logger.info(
-            "Stop requested",
-            extra={"event": "stop_requested", "signal": signal.Signals(signum).name},
-        )
-        stop()
-
-    return handle
 
 
 def cmd_health_monitor(_args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -54,13 +55,22 @@ class MaskingJsonFormatter(JsonFormatter):
                 forms.add(value)
                 forms.add(json.dumps(value)[1:-1])
         # Longest first, so a secret that contains another is masked whole.
-        self._secrets = sorted(forms, key=len, reverse=True)
+        # A secret is masked only where it is not part of a longer word, so
+        # a short password such as "fix" leaves "prefix" readable.
+        alternatives = "|".join(
+            re.escape(v) for v in sorted(forms, key=len, reverse=True)
+        )
+        self._pattern = (
+            re.compile(f"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])")
+            if alternatives
+            else None
+        )
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        for value in self._secrets:
-            line = line.replace(value, MASK)
-        return line
+        if self._pattern is None:
+            return line
+        return self._pattern.sub(MASK, line)
 
 
 def setup_logging(

@@ -6,7 +6,6 @@ a Pushgateway, Prometheus) and exports their addresses as ``MOLO_TEST_*``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,47 +14,25 @@ import pytest
 
 from tests.support.docker_env import Containers, unique_prefix
 from tests.support.pushgateway import delete_group
+from tests.support.services import required_env
 from tests.support.slack import SlackReceiver
 from tests.support.smtp import SmtpServer
 from tests.support.worker import WorkerProcess
 
-ENV_FILE = Path(os.environ.get("MOLO_TEST_ROOT", "/tmp/molochain-test")) / "env"
-
-
-def _load_env_file() -> dict[str, str]:
-    try:
-        lines = ENV_FILE.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return {}
-    return dict(line.split("=", 1) for line in lines if "=" in line)
-
-
-_SERVICES = _load_env_file()
-
-
-def _required_env(name: str) -> str:
-    value = os.environ.get(name) or _SERVICES.get(name)
-    if not value:
-        pytest.fail(
-            f"{name} is not set; run scripts/test-env.sh once, "
-            "or the tests through scripts/test.sh"
-        )
-    return value
-
 
 @pytest.fixture(scope="session")
 def docker_host() -> str:
-    return _required_env("MOLO_TEST_DOCKER_HOST")
+    return required_env("MOLO_TEST_DOCKER_HOST")
 
 
 @pytest.fixture(scope="session")
 def test_image() -> str:
-    return _required_env("MOLO_TEST_IMAGE")
+    return required_env("MOLO_TEST_IMAGE")
 
 
 @pytest.fixture(scope="session")
 def pushgateway_url() -> str:
-    return _required_env("MOLO_TEST_PUSHGATEWAY")
+    return required_env("MOLO_TEST_PUSHGATEWAY")
 
 
 @pytest.fixture(scope="session")

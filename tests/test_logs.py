@@ -43,3 +43,13 @@ def test_lines_are_json_with_secrets_masked(
     assert secret not in log_file.read_text()
     assert secret not in capsys.readouterr().out
     logging.getLogger().handlers.clear()
+
+
+def test_short_secret_is_masked_only_as_a_word(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup_logging("backup-worker", "INFO", None, secrets=["fix"])
+    logging.getLogger("test").info("prefix fix, fix-up and fixed")
+    line = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert line["message"] == "prefix ***, ***-up and fixed"
+    logging.getLogger().handlers.clear()

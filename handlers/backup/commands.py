@@ -65,7 +65,7 @@ async def _run_now(settings: BackupSettings, databases: list[str] | None) -> int
     from handlers.backup.worker import reporting
 
     job = BackupJob(settings)
-    async with reporting(settings, job.status_store):
+    async with reporting(settings, job.status_store, one_off=True):
         report = await job.run(databases)
     return EXIT_OK if report.succeeded else EXIT_FAILURE
 

@@ -23,9 +23,10 @@ JOB = "backup-worker"
 class BackupCollector(Collector):
     """Render every database's backup status as metrics."""
 
-    def __init__(self, store: StatusStore, delivery: DeliveryStats) -> None:
+    def __init__(self, store: StatusStore, delivery: DeliveryStats | None) -> None:
         self.store = store
         self.delivery = delivery
+        """Alert counts to include; None leaves them to the long-running worker."""
 
     def collect(self) -> Iterable[Metric]:
         status = self.store.load()
@@ -67,19 +68,32 @@ class BackupCollector(Collector):
         yield size
         yield last_status
         yield failures
-        yield from alert_metrics(self.delivery)
+        if self.delivery is not None:
+            yield from alert_metrics(self.delivery)
 
 
 class BackupMetrics:
     """Push the backup metrics after every backup attempt."""
 
     def __init__(
-        self, gateway: str, store: StatusStore, delivery: DeliveryStats, instance: str
+        self,
+        gateway: str,
+        store: StatusStore,
+        delivery: DeliveryStats,
+        instance: str,
+        *,
+        one_off: bool = False,
     ) -> None:
+        # A one-off command (``backup now``) adds its per-database values to
+        # the group and leaves the worker's alert counters in place.
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(BackupCollector(store, delivery))
+        self.registry.register(BackupCollector(store, None if one_off else delivery))
         self.pusher = Pusher(
-            gateway, JOB, self.registry, lambda: {"instance": instance}
+            gateway,
+            JOB,
+            self.registry,
+            lambda: {"instance": instance},
+            replace_group=not one_off,
         )
 
     def start(self) -> None:

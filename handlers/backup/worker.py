@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -29,7 +28,7 @@ from handlers.backup.settings import BackupSettings
 from handlers.backup.status import ScheduleStore, StatusStore
 from reactor import signals
 from reactor.alerts import Alert, AlertType
-from reactor.cli import _stop_handler
+from reactor.lifecycle import stop_on_signals
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +215,7 @@ class BackupWorker:
 
 @contextlib.asynccontextmanager
 async def reporting(
-    settings: BackupSettings, store: StatusStore
+    settings: BackupSettings, store: StatusStore, *, one_off: bool = False
 ) -> AsyncIterator[None]:
     """Deliver alerts and push metrics while the block runs; flush them at its end."""
     from handlers.backup.metrics import BackupMetrics
@@ -228,7 +227,11 @@ async def reporting(
     metrics = None
     if settings.prometheus_pushgateway:
         metrics = BackupMetrics(
-            settings.prometheus_pushgateway, store, notifier.stats, settings.instance
+            settings.prometheus_pushgateway,
+            store,
+            notifier.stats,
+            settings.instance,
+            one_off=one_off,
         )
         metrics.start()
     try:
@@ -242,9 +245,7 @@ async def reporting(
 async def run_worker(settings: BackupSettings) -> int:
     """Run the backup worker until SIGTERM or SIGINT."""
     worker = BackupWorker(settings)
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, _stop_handler(worker.request_stop, signum))
+    stop_on_signals(worker.request_stop)
     async with reporting(settings, worker.job.status_store):
         await worker.run()
     return 0

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _required_env
 from tests.support.pushgateway import delete_group
+from tests.support.services import required_env
 from tests.support.slack import SlackReceiver
 from tests.support.waiting import wait_for
 from tests.support.worker import run_once
@@ -77,7 +77,7 @@ class Postgres:
 
 @pytest.fixture(scope="session")
 def pg_address() -> tuple[str, int]:
-    return _required_env("MOLO_TEST_PGHOST"), int(_required_env("MOLO_TEST_PGPORT"))
+    return required_env("MOLO_TEST_PGHOST"), int(required_env("MOLO_TEST_PGPORT"))
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import _required_env
 from tests.support.pushgateway import delete_group
+from tests.support.services import required_env
 from tests.support.slack import SlackReceiver
 from tests.support.worker import run_once
 
@@ -86,7 +86,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def base_image() -> str:
-    return _required_env("MOLO_TEST_BASE_IMAGE")
+    return required_env("MOLO_TEST_BASE_IMAGE")
 
 
 class WheelServer:
@@ -166,7 +166,7 @@ def worker_image(docker_host: str, base_image: str) -> Iterator[str]:
     the host network during the build. Docker's layer cache keeps repeated
     builds fast while the sources are unchanged.
     """
-    root = Path(_required_env("MOLO_TEST_ROOT"))
+    root = Path(required_env("MOLO_TEST_ROOT"))
     wheels = WheelServer(build_wheelhouse(root)).start()
     try:
         result = subprocess.run(
@@ -225,8 +225,8 @@ def backup_run(
     tmp_path: Path, prefix: str, pushgateway_url: str, slack: SlackReceiver
 ) -> Iterator[BackupRun]:
     """Dump a throwaway database once, pushing metrics and alerting to ``slack``."""
-    host = _required_env("MOLO_TEST_PGHOST")
-    port = _required_env("MOLO_TEST_PGPORT")
+    host = required_env("MOLO_TEST_PGHOST")
+    port = required_env("MOLO_TEST_PGPORT")
     database = prefix.replace("-", "_")
     psql = ["psql", "-h", host, "-p", port, "-U", "postgres", "-v", "ON_ERROR_STOP=1"]
     subprocess.run(

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import _required_env
 from tests.deploy.conftest import DASHBOARD, BackupRun
 from tests.support.docker_env import Containers
+from tests.support.services import required_env
 from tests.support.slack import SlackReceiver
 from tests.support.waiting import wait_for
 from tests.support.worker import WorkerProcess
@@ -52,7 +52,7 @@ def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def prometheus() -> str:
-    return _required_env("MOLO_TEST_PROMETHEUS")
+    return required_env("MOLO_TEST_PROMETHEUS")
 
 
 def test_dashboard_importable() -> None:
@@ -97,8 +97,6 @@ def test_every_panel_returns_data(
     prometheus: str,
     backup_run: BackupRun,
 ) -> None:
-    # The monitor pushes alert counts with its next heartbeat, not on delivery.
-    monitor_env["CHECK_INTERVAL"] = "2"
     containers.run("web")
     stopped = containers.run("db")
     start_monitor(monitor_env)
@@ -108,13 +106,16 @@ def test_every_panel_returns_data(
 
     monitor_instance = monitor_env["INSTANCE_NAME"]
     instances = f"{monitor_instance}|{backup_instance}"
-    for instance in (monitor_instance, backup_instance):
-        wait_for(
-            partial(query, prometheus, f'alerts_sent_total{{instance="{instance}"}}'),
-            timeout=30,
-            interval=0.5,
-            what=f"Prometheus to scrape the alerts sent by {instance}",
-        )
+    # A one-off ``backup now`` leaves alert counts to the long-running worker,
+    # so only the monitor's counts are waited for.
+    wait_for(
+        partial(
+            query, prometheus, f'alerts_sent_total{{instance="{monitor_instance}"}}'
+        ),
+        timeout=30,
+        interval=0.5,
+        what=f"Prometheus to scrape the alerts sent by {monitor_instance}",
+    )
 
     label_values = wait_for(
         lambda: query(
