@@ -59,6 +59,13 @@ def main() -> None:
     parser.add_argument(
         "--window", type=float, default=600.0, help="seconds of measurement"
     )
+    parser.add_argument(
+        "--churn",
+        type=int,
+        default=0,
+        help="unmonitored containers that die and restart every 10 s, "
+        "as other workloads on a shared host do",
+    )
     args = parser.parse_args()
     services = service_env()
     docker_host = services["MOLO_TEST_DOCKER_HOST"]
@@ -66,10 +73,15 @@ def main() -> None:
     prefix = f"bench-idle-{uuid.uuid4().hex[:6]}"
     api = docker.APIClient(base_url=docker_host, version="auto", timeout=60)
     created = Containers(api, services["MOLO_TEST_IMAGE"], prefix)
+    others = Containers(api, services["MOLO_TEST_IMAGE"], f"bench-churn-{prefix[11:]}")
     slack = SlackReceiver().start()
     processes: dict[str, subprocess.Popen[Any]] = {}
     workers: list[WorkerProcess] = []
-    results: dict[str, Any] = {"containers": args.containers, "window": args.window}
+    results: dict[str, Any] = {
+        "containers": args.containers,
+        "churn_containers": args.churn,
+        "window": args.window,
+    }
     try:
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(
@@ -80,6 +92,17 @@ def main() -> None:
                         healthcheck=HEALTHCHECK,
                     ),
                     range(args.containers),
+                )
+            )
+            # Another workload's containers: their events reach the monitor,
+            # which must ignore them. 10 s of uptime keeps Docker's restart
+            # back-off from growing, so each dies about every 10 s.
+            list(
+                pool.map(
+                    lambda index: others.run(
+                        f"c{index:04d}", "sleep 10; exit 1", restart="always"
+                    ),
+                    range(args.churn),
                 )
             )
         for interval in ("60", "3600"):
@@ -145,7 +168,7 @@ def main() -> None:
             if name.startswith("polling"):
                 process.terminate()
                 process.wait(10)
-        remove_containers(api, created.created)
+        remove_containers(api, created.created + others.created)
         for interval in ("60", "3600"):
             delete_group(gateway, "health-monitor", f"{prefix}-{interval}")
         slack.stop()
@@ -163,7 +186,10 @@ def main() -> None:
                 memory["VmHWM"] / 1024,
             ]
         )
-    print(f"{args.containers} healthy containers, window {results['window']:.0f} s")
+    print(
+        f"{args.containers} healthy containers, {args.churn} unmonitored ones "
+        f"restarting every 10 s, window {results['window']:.0f} s"
+    )
     print_table(
         [
             "process",

@@ -56,6 +56,8 @@ DOCKER_ERRORS: tuple[type[BaseException], ...] = (
 RECONNECT_MAX_WAIT = 30.0
 PROBE_OUTPUT_MAX = 500
 STATE_SAVE_INTERVAL = 0.05
+STABLE_SCAN_INTERVAL = 1.0
+"""Seconds between scans for ended restart loops while events keep arriving."""
 
 _STOP = object()
 
@@ -293,16 +295,22 @@ class HealthMonitor:
     async def _follow(self) -> None:
         """Handle events until the stream ends or a stop is requested."""
         self._next_reconcile = time.monotonic() + self.settings.check_interval
+        stable_at: float | None = None
+        next_stable_scan = 0.0
         while not self._stopping.is_set():
-            timeout = self._next_reconcile - time.monotonic()
-            stable_at = self.machine.next_stable_check()
-            if stable_at is not None:
-                timeout = min(timeout, stable_at - time.time())
             item: object = None
             if not self._queue.empty():
-                # The fast path in a burst: no timer per event.
+                # The fast path in a burst: no timer per event, and the scan
+                # for the end of restart loops at most once a second.
                 item = self._queue.get_nowait()
+                if time.monotonic() >= next_stable_scan:
+                    stable_at = self.machine.next_stable_check()
+                    next_stable_scan = time.monotonic() + STABLE_SCAN_INTERVAL
             else:
+                stable_at = self.machine.next_stable_check()
+                timeout = self._next_reconcile - time.monotonic()
+                if stable_at is not None:
+                    timeout = min(timeout, stable_at - time.time())
                 with contextlib.suppress(TimeoutError):
                     item = await asyncio.wait_for(
                         self._queue.get(), timeout=max(timeout, 0.0)
@@ -326,6 +334,7 @@ class HealthMonitor:
 
             if stable_at is not None and time.time() >= stable_at:
                 await self._announce_all(self.machine.check_stable(time.time()))
+                stable_at = self.machine.next_stable_check()
             if time.monotonic() >= self._next_reconcile:
                 try:
                     await self._reconcile()
@@ -378,7 +387,9 @@ class HealthMonitor:
             self._last_event_nano = event.time_nano
             self._keys_at_last = set()
         self._keys_at_last.add(event.key)
-        self._dirty.set()
+        # No save here: an event that changes no state, such as one of an
+        # unmonitored container, is a no-op when replayed after a crash, and
+        # every transition saves the newest position anyway.
         return False
 
     async def _reconcile(self) -> None:
