@@ -38,6 +38,7 @@ from bench.common import (
     service_env,
     write_results,
 )
+from bench.recorders import EventWatcher
 from tests.support.docker_env import Containers
 from tests.support.pushgateway import delete_group
 from tests.support.slack import SlackReceiver
@@ -141,6 +142,8 @@ def main() -> None:
             worker.wait_event("connected", timeout=60)
         time.sleep(WARM_UP)
 
+        # Counts what reached the monitors: the same filters, every container.
+        watcher = EventWatcher(docker_host, keep=lambda _raw: False).start()
         load_before = load_average()
         before = {name: process_cpu_seconds(p.pid) for name, p in processes.items()}
         started = time.monotonic()
@@ -148,6 +151,8 @@ def main() -> None:
         window = time.monotonic() - started
         after = {name: process_cpu_seconds(p.pid) for name, p in processes.items()}
         memory = {name: process_memory_kib(p.pid) for name, p in processes.items()}
+        watcher.stop()
+        results["events_in_window"] = watcher.count
         results.update(
             window=window,
             load_before=load_before,
@@ -188,7 +193,8 @@ def main() -> None:
         )
     print(
         f"{args.containers} healthy containers, {args.churn} unmonitored ones "
-        f"restarting every 10 s, window {results['window']:.0f} s"
+        f"restarting every 10 s, window {results['window']:.0f} s, "
+        f"{results['events_in_window']} events passed the monitor's filters"
     )
     print_table(
         [
