@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    REPO_ROOT,
     load_average,
     print_table,
     process_memory_kib,
@@ -180,6 +181,8 @@ class Bench:
         backup_dir.mkdir()
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            # Runs the source tree this script is in, as bench.common explains.
+            "PYTHONPATH": str(REPO_ROOT),
             "PGHOST": self.host,
             "PGPORT": self.port,
             "PGUSER": PGUSER,

@@ -17,7 +17,8 @@ from typing import Any
 
 import docker
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
 TEST_ROOT = Path(os.environ.get("MOLO_TEST_ROOT", "/tmp/molochain-test"))
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -167,8 +168,13 @@ def monitor_env(
     log_dir: str,
     gateway: str | None = None,
 ) -> dict[str, str]:
-    """Return the settings of a health monitor watching only ``prefix-*``."""
+    """Return the settings of a health monitor watching only ``prefix-*``.
+
+    PYTHONPATH makes the monitor run the source tree this script is in, so a
+    benchmark run from a separate checkout measures that checkout.
+    """
     return {
+        "PYTHONPATH": str(REPO_ROOT),
         "DOCKER_HOST": services["MOLO_TEST_DOCKER_HOST"],
         "HEALTH_LOG_DIR": log_dir,
         "CONTAINERS_TO_MONITOR": f"{prefix}-*",

@@ -57,6 +57,7 @@ from bench.recorders import EventWatcher
 from handlers.channels import build_channels
 from handlers.metrics import MonitorMetrics
 from handlers.notifier import Notifier
+from reactor import events as reactor_events
 from reactor import signals
 from reactor.alerts import Alert
 from reactor.config import MonitorSettings, load
@@ -70,6 +71,8 @@ from tests.support.slack import SlackReceiver
 from tests.support.worker import WorkerProcess
 
 PROBE = "/bin/sh -c test -f /tmp/ok"
+# Whether EventReader splits and decodes the raw stream itself.
+READER_DECODES = hasattr(reactor_events, "split_lines")
 # Labels that a compose-managed container carries into every event's attributes.
 COMPOSE_LABELS = {
     "com.docker.compose.config-hash": "0" * 64,
@@ -103,9 +106,11 @@ class StormStream:
     flips its health every seventh tick. Event times are spread evenly over
     the last minute, so no restart loop can end while the stream is read.
 
-    Every event is rendered from a per-container JSON template and decoded
-    with ``json.loads``, as docker-py decodes the daemon's stream, so the
-    reader thread pays for decoding but memory does not grow with the stream.
+    Every event is rendered from a per-container JSON template and handed
+    over as the Engine sends it, one newline-terminated line per chunk, so
+    the reader thread pays for decoding but memory does not grow with the
+    stream. With an events reader that expects decoded objects (docker-py's
+    ``decode=True``), the lines are decoded here instead, on the same thread.
     :attr:`expected` is complete once the stream is exhausted.
     """
 
@@ -161,6 +166,8 @@ class StormStream:
         kind = action.partition(":")[0]
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
         self.read += 1
+        if READER_DECODES:
+            return (line + "\n").encode()
         return json.loads(line)
 
     def _settle(self, name: str, health: Health) -> None:
