@@ -8,9 +8,11 @@ which only decodes and hands each event to the asyncio loop.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -122,19 +124,90 @@ def format_since(time_nano: int) -> str:
 
 def open_events(
     api: docker.APIClient, *, since: str | None, until: str | None = None
-) -> CancellableStream[dict[str, Any]]:
-    """Open the filtered, decoded events stream.
+) -> CancellableStream[Any]:
+    """Open the filtered events stream as raw chunks; :func:`split_lines` decodes it.
 
     The Engine takes ``since``/``until`` as ``seconds.nanoseconds`` strings,
     which docker-py passes through unchanged although it annotates them as int.
+    docker-py's own decoder is not used: after a line that is not JSON it
+    keeps buffering and never yields another event.
     """
-    stream: CancellableStream[dict[str, Any]] = api.events(
+    stream: CancellableStream[Any] = api.events(
         since=cast(Any, since),
         until=cast(Any, until),
         filters=EVENT_FILTERS,
-        decode=True,
+        decode=False,
     )
     return stream
+
+
+@dataclass(frozen=True, slots=True)
+class UndecodableLine:
+    """A line of the events stream that is not a JSON object."""
+
+    text: str
+
+
+MAX_LINE_BYTES = 1 << 20
+"""Longest line kept while waiting for its newline; a longer one is dropped."""
+
+
+def _decode_line(line: bytes) -> dict[str, Any] | UndecodableLine | None:
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return UndecodableLine(line[:200].decode(errors="replace"))
+    if not isinstance(value, dict):
+        return UndecodableLine(line[:200].decode(errors="replace"))
+    return value
+
+
+def split_lines(
+    chunks: Iterable[bytes | str],
+) -> Iterator[dict[str, Any] | UndecodableLine]:
+    """Split the Engine's newline-delimited JSON into objects, whatever the chunking."""
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk.encode() if isinstance(chunk, str) else chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            decoded = _decode_line(line)
+            if decoded is not None:
+                yield decoded
+        if len(buffer) > MAX_LINE_BYTES:
+            yield UndecodableLine(f"line longer than {MAX_LINE_BYTES} bytes dropped")
+            buffer = b""
+    decoded = _decode_line(buffer)
+    if decoded is not None:
+        yield decoded
+
+
+class RecentEvents:
+    """Keys of the events applied most recently, to drop those a replay repeats.
+
+    The daemon may deliver an event up to a fraction of a millisecond older
+    than one it delivered before, and its clock may step back, so "older than
+    the newest seen" cannot tell a repeat from a new event; the key can.
+    """
+
+    def __init__(self, capacity: int = 8192) -> None:
+        self.capacity = capacity
+        self._keys: OrderedDict[tuple[int, str, str], None] = OrderedDict()
+
+    def __contains__(self, key: tuple[int, str, str]) -> bool:
+        return key in self._keys
+
+    def add(self, key: tuple[int, str, str]) -> None:
+        self._keys[key] = None
+        if len(self._keys) > self.capacity:
+            self._keys.popitem(last=False)
+
+    def since(self, time_nano: int) -> list[tuple[int, str, str]]:
+        """Return the keys of events at or after ``time_nano``, oldest first."""
+        return [key for key in self._keys if key[0] >= time_nano]
 
 
 class _Stream(Protocol):
@@ -188,10 +261,10 @@ class EventReader:
     def _run(self) -> None:
         error: BaseException | None = None
         try:
-            for raw in self._stream:
+            for item in split_lines(self._stream):
                 if self._closing.is_set():
                     return
-                self._hand_over(raw)
+                self._hand_over(item)
         except Exception as exc:  # noqa: BLE001 - any failure ends this stream
             error = exc
         if not self._closing.is_set():

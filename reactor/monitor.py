@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import docker
@@ -28,10 +30,13 @@ from reactor.events import (
     ContainerEvent,
     EventReader,
     MalformedEventError,
+    RecentEvents,
     StreamEnded,
+    UndecodableLine,
     format_since,
     open_events,
     parse_event,
+    split_lines,
 )
 from reactor.state import (
     AlertKind,
@@ -56,6 +61,12 @@ DOCKER_ERRORS: tuple[type[BaseException], ...] = (
 RECONNECT_MAX_WAIT = 30.0
 PROBE_OUTPUT_MAX = 500
 STATE_SAVE_INTERVAL = 0.05
+REPLAY_OVERLAP_NANO = 2_000_000_000
+"""How far before the newest event a replay starts. The daemon stamps an event
+before it takes its publishing lock, so it may deliver an event slightly older
+than one it already delivered."""
+SAVED_KEYS_MAX = 1024
+"""Most keys of recent events kept in the state file to recognise a replay."""
 STABLE_SCAN_INTERVAL = 1.0
 """Seconds between scans for ended restart loops while events keep arriving."""
 
@@ -73,6 +84,22 @@ class MonitorStats:
     transitions: int = 0
     connected: bool = False
     extra: dict[str, float] = field(default_factory=dict)
+
+
+def daemon_time(info: Mapping[str, Any]) -> float | None:
+    """Return the daemon's clock from ``GET /info`` as Unix seconds, if present."""
+    text = str(info.get("SystemTime") or "")
+    match = re.fullmatch(r"(.+T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text)
+    if match is None:
+        return None
+    base, fraction, zone = match.groups()
+    # datetime keeps microseconds only; the daemon sends nanoseconds.
+    micros = (fraction or "0")[:6].ljust(6, "0")
+    try:
+        moment = datetime.fromisoformat(f"{base}.{micros}{zone.replace('Z', '+00:00')}")
+    except ValueError:
+        return None
+    return moment.timestamp()
 
 
 def classify_listing(entry: Mapping[str, Any]) -> tuple[Health, str]:
@@ -135,8 +162,12 @@ class HealthMonitor:
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._stopping = asyncio.Event()
         self._dirty = asyncio.Event()
-        self._last_event_nano = 0
-        self._keys_at_last: set[tuple[int, str, str]] = set()
+        self._position = 0
+        """Newest ``timeNano`` applied: the replay after a reconnect starts near it."""
+        self._recent = RecentEvents()
+        self._observed_from = 0
+        """Daemon time since when every event was seen; earlier ones, though
+        inside the replay overlap, are reflected by the listing instead."""
         self._next_reconcile = 0.0
 
     # -- lifecycle -------------------------------------------------------
@@ -150,7 +181,10 @@ class HealthMonitor:
         """Follow the Engine until :meth:`request_stop`, reconnecting as needed."""
         snapshot = self.store.load()
         self.machine.load(snapshot.containers)
-        self._last_event_nano = snapshot.last_event_nano
+        self._position = snapshot.last_event_nano
+        self._observed_from = snapshot.observed_from_nano
+        for key in snapshot.recent_keys:
+            self._recent.add(key)
         saver = asyncio.create_task(self._save_loop(), name="state-saver")
         logger.info(
             "Health monitor started",
@@ -220,27 +254,29 @@ class HealthMonitor:
         self._close_stream()
         self._api = await asyncio.to_thread(self._client_factory, self.settings)
         self._stream_api = await asyncio.to_thread(self._client_factory, self.settings)
+        info = await asyncio.to_thread(self._api.info)
         if not self.settings.instance_name:
-            info = await asyncio.to_thread(self._api.info)
             self.host = str(info.get("Name") or "unknown")
 
         # Replay what happened while we were away, from the daemon's ring of
-        # recent events, before taking a fresh listing.
-        until = time.time()
-        if self._last_event_nano:
-            replayed = await asyncio.to_thread(
-                self._read_finite, self._last_event_nano, until
-            )
+        # recent events, before taking a fresh listing. Times are the
+        # daemon's: an "until" ahead of its clock would block until then.
+        until = daemon_time(info) or time.time()
+        if self._position:
+            since = self._replay_start(until)
+            replayed = await asyncio.to_thread(self._read_finite, since, until)
             logger.info(
                 "Replayed missed events",
                 extra={
                     "event": "replayed",
                     "count": len(replayed),
-                    "since": format_since(self._last_event_nano),
+                    "since": format_since(since),
                 },
             )
             for raw in replayed:
                 await self._handle_raw(raw)
+        else:
+            self._observed_from = int(until * 1e9)
 
         await self._reconcile()
 
@@ -263,14 +299,35 @@ class HealthMonitor:
             },
         )
 
-    def _read_finite(self, since_nano: int, until: float) -> list[dict[str, Any]]:
+    def _replay_start(self, daemon_now: float) -> int:
+        """Return where to replay from: a little before the newest event applied.
+
+        A position ahead of the daemon's clock (saved before its clock stepped
+        back) would replay nothing, so it is clamped to the daemon's time.
+        """
+        position = self._position
+        now_nano = int(daemon_now * 1e9)
+        if position > now_nano + 1_000_000_000:
+            logger.warning(
+                "Saved event position is ahead of the daemon's clock; "
+                "replaying from the daemon's time",
+                extra={
+                    "event": "position_clamped",
+                    "position": format_since(position),
+                    "daemon_time": format_since(now_nano),
+                },
+            )
+            position = now_nano
+        return max(position - REPLAY_OVERLAP_NANO, min(self._observed_from, position))
+
+    def _read_finite(self, since_nano: int, until: float) -> list[object]:
         stream = open_events(
             self._require(self._stream_api),
             since=format_since(since_nano),
             until=f"{until:.9f}",
         )
         try:
-            return list(stream)
+            return list(split_lines(stream))
         finally:
             stream.close()
 
@@ -348,25 +405,15 @@ class HealthMonitor:
                 self._next_reconcile = time.monotonic() + self.settings.check_interval
 
     async def _handle_raw(self, raw: object) -> None:
+        if isinstance(raw, UndecodableLine):
+            self._count_malformed(f"not a JSON object: {raw.text!r}")
+            return
         if not isinstance(raw, Mapping):
             return
         try:
             event = parse_event(raw)
         except MalformedEventError as exc:
-            self.stats.events_malformed += 1
-            # Rate-limited: a broken proxy could send thousands of these.
-            if (
-                self.stats.events_malformed in {1, 10, 100}
-                or self.stats.events_malformed % 1000 == 0
-            ):
-                logger.warning(
-                    "Ignored a malformed Docker event",
-                    extra={
-                        "event": "event_malformed",
-                        "count": self.stats.events_malformed,
-                        "error": str(exc),
-                    },
-                )
+            self._count_malformed(str(exc))
             return
         if event is None or self._is_duplicate(event):
             return
@@ -376,17 +423,22 @@ class HealthMonitor:
             return
         await self._announce_all(self.machine.observe_event(event))
 
+    def _count_malformed(self, error: str) -> None:
+        self.stats.events_malformed += 1
+        # Rate-limited: a broken proxy could send thousands of these.
+        count = self.stats.events_malformed
+        if count in {1, 10, 100} or count % 1000 == 0:
+            logger.warning(
+                "Ignored a malformed Docker event",
+                extra={"event": "event_malformed", "count": count, "error": error},
+            )
+
     def _is_duplicate(self, event: ContainerEvent) -> bool:
-        """Drop events that a replay delivers again; record the newest one."""
-        if event.time_nano < self._last_event_nano:
+        """Drop an event that a replay delivers again; record the others."""
+        if event.key in self._recent:
             return True
-        if event.time_nano == self._last_event_nano:
-            if event.key in self._keys_at_last:
-                return True
-        else:
-            self._last_event_nano = event.time_nano
-            self._keys_at_last = set()
-        self._keys_at_last.add(event.key)
+        self._recent.add(event.key)
+        self._position = max(self._position, event.time_nano)
         # No save here: an event that changes no state, such as one of an
         # unmonitored container, is a no-op when replayed after a crash, and
         # every transition saves the newest position anyway.
@@ -551,9 +603,13 @@ class HealthMonitor:
             await asyncio.sleep(STATE_SAVE_INTERVAL)
 
     def _encode(self) -> bytes:
+        recent = self._recent.since(self._position - REPLAY_OVERLAP_NANO)
         return self.store.encode(
             Snapshot(
-                containers=self.machine.states, last_event_nano=self._last_event_nano
+                containers=self.machine.states,
+                last_event_nano=self._position,
+                observed_from_nano=self._observed_from,
+                recent_keys=recent[-SAVED_KEYS_MAX:],
             )
         )
 

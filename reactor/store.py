@@ -26,7 +26,11 @@ class Snapshot:
 
     containers: dict[str, ContainerState] = field(default_factory=dict)
     last_event_nano: int = 0
-    """``timeNano`` of the last event applied; replayed from on reconnect."""
+    """Newest ``timeNano`` applied; the replay on reconnect starts near it."""
+    observed_from_nano: int = 0
+    """Daemon time since when the monitor saw every event."""
+    recent_keys: list[tuple[int, str, str]] = field(default_factory=list)
+    """Keys of the events just before it, so a replay does not apply them twice."""
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -73,9 +77,15 @@ class StateStore:
                 name: ContainerState.from_dict(name, entry)
                 for name, entry in data.get("containers", {}).items()
             }
+            recent = [
+                (int(nano), str(container), str(action))
+                for nano, container, action in data.get("recent_keys", [])
+            ]
             return Snapshot(
                 containers=containers,
                 last_event_nano=int(data.get("last_event_nano", 0)),
+                observed_from_nano=int(data.get("observed_from_nano", 0)),
+                recent_keys=recent,
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
@@ -101,6 +111,8 @@ class StateStore:
         data = {
             "version": STATE_VERSION,
             "last_event_nano": snapshot.last_event_nano,
+            "observed_from_nano": snapshot.observed_from_nano,
+            "recent_keys": [list(key) for key in snapshot.recent_keys],
             "containers": {
                 name: state.to_dict()
                 for name, state in sorted(snapshot.containers.items())

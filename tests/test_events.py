@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from reactor.events import MalformedEventError, format_since, parse_event
+from reactor.events import (
+    MAX_LINE_BYTES,
+    MalformedEventError,
+    RecentEvents,
+    UndecodableLine,
+    format_since,
+    parse_event,
+    split_lines,
+)
 
 
 def raw(action: str, **attributes: str) -> dict[str, Any]:
@@ -84,3 +92,28 @@ def test_malformed_events_raise(event: dict[str, Any]) -> None:
 
 def test_format_since_keeps_nanoseconds() -> None:
     assert format_since(1_800_000_000_000_000_042) == "1800000000.000000042"
+
+
+def test_split_lines_survives_chunking_and_garbage() -> None:
+    chunks = [b'{"a": 1}\n{"b"', b": 2}\n<html>502</html>\n", '{"c": 3}']
+    items = list(split_lines(chunks))
+    assert items == [{"a": 1}, {"b": 2}, UndecodableLine("<html>502</html>"), {"c": 3}]
+
+
+def test_split_lines_rejects_non_objects_and_huge_lines() -> None:
+    items = list(
+        split_lines([b"[1, 2]\n", b"x" * (MAX_LINE_BYTES + 1), b'\n{"d": 4}\n'])
+    )
+    assert items[0] == UndecodableLine("[1, 2]")
+    assert isinstance(items[1], UndecodableLine)
+    assert "dropped" in items[1].text
+    assert items[-1] == {"d": 4}
+
+
+def test_recent_events_is_bounded() -> None:
+    recent = RecentEvents(capacity=3)
+    for nano in range(5):
+        recent.add((nano, "c", "die"))
+    assert (0, "c", "die") not in recent
+    assert (4, "c", "die") in recent
+    assert recent.since(3) == [(3, "c", "die"), (4, "c", "die")]

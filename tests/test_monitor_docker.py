@@ -8,6 +8,7 @@ the Pushgateway.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -167,4 +168,27 @@ def test_out_of_memory(
     assert containers.api.inspect_container(name)["State"]["OOMKilled"] is True
     settle(1.0)
     assert len(slack.attachments()) == 1
+    assert worker.stop() == 0
+
+
+def test_simultaneous_kills_all_reported(
+    containers: Containers,
+    monitor_env: dict[str, str],
+    start_monitor: StartMonitor,
+    slack: SlackReceiver,
+) -> None:
+    names = [containers.run(f"n{i:02d}") for i in range(20)]
+    worker = start_monitor(monitor_env)
+    # Kills from many threads make the daemon deliver some events slightly
+    # out of time order; none may be taken for a repeat.
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        list(pool.map(containers.api.kill, names))
+    wait_for(lambda: len(worker.events("transition")) >= 20, what="20 transitions")
+    downs = {line["container"] for line in worker.events("transition")}
+    assert downs == set(names)
+    wait_attachments(slack, 20)
+    settle(1.5)
+    titles = sorted(a["title"] for a in slack.attachments())
+    assert len(titles) == 20
+    assert all(title.endswith("is down") for title in titles)
     assert worker.stop() == 0
