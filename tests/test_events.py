@@ -95,7 +95,11 @@ def test_format_since_keeps_nanoseconds() -> None:
 
 
 def test_split_lines_survives_chunking_and_garbage() -> None:
-    chunks = [b'{"a": 1}\n{"b"', b": 2}\n<html>502</html>\n", '{"c": 3}']
+    chunks: list[bytes | str] = [
+        b'{"a": 1}\n{"b"',
+        b": 2}\n<html>502</html>\n",
+        '{"c": 3}',
+    ]
     items = list(split_lines(chunks))
     assert items == [{"a": 1}, {"b": 2}, UndecodableLine("<html>502</html>"), {"c": 3}]
 
