@@ -8,6 +8,7 @@ with ``Retry-After`` (seconds) beyond that; success is HTTP 200 with body
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +24,8 @@ from tenacity import (
 
 from handlers.notifier import Channel
 from reactor.alerts import Alert, AlertType
+from reactor.config import MASK
+from reactor.config import url_secrets as _url_secrets
 from reactor.errors import DeliveryError
 
 logger = logging.getLogger(__name__)
@@ -173,9 +176,14 @@ class SlackChannel(Channel):
         if response.status_code >= 500:
             raise SlackRetryableError(f"HTTP {response.status_code}")
         if response.status_code != 200:
+            # Slack answers with a short reason such as "no_service"; a proxy's
+            # error page may echo the request path, which holds the token.
+            reason = response.text[:200]
+            for part in _url_secrets(self._url):
+                reason = reason.replace(part, MASK)
             raise DeliveryError(
                 f"Slack webhook rejected the message: HTTP {response.status_code} "
-                f"{response.text[:200]!r}; check SLACK_WEBHOOK_URL"
+                f"{reason!r}; check SLACK_WEBHOOK_URL"
             )
 
     async def aclose(self) -> None:
@@ -183,7 +191,11 @@ class SlackChannel(Channel):
 
 
 def _retry_after(value: str | None) -> float:
+    """Return Slack's Retry-After in seconds; 1 s when it is missing or not a number."""
     try:
-        return max(float(value), 0.0) if value is not None else 1.0
+        seconds = float(value) if value is not None else 1.0
     except ValueError:
         return 1.0
+    if not math.isfinite(seconds):
+        return 1.0
+    return max(seconds, 0.0)

@@ -18,7 +18,7 @@ def _check_docker(settings: MonitorSettings) -> CheckResult:
         client = docker.APIClient(
             base_url=settings.docker_host,
             version="auto",
-            timeout=int(settings.docker_timeout),
+            timeout=settings.docker_timeout,
         )
         version = client.version()
         client.close()

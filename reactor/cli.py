@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from reactor.config import MonitorSettings, describe_settings, load
+from reactor.config import MonitorSettings, describe_settings, load, secret_values
 from reactor.errors import ConfigError
 from reactor.lifecycle import stop_on_signals
 from reactor.logs import setup_logging
@@ -23,15 +23,6 @@ EXIT_CONFIG = 2
 
 HEARTBEAT_GRACE = 30.0
 """Seconds added to three check intervals before the monitor counts as stuck."""
-
-
-def _secrets(settings: object) -> list[str]:
-    values = []
-    for name in ("slack_webhook_url", "smtp_password", "pgpassword"):
-        value = getattr(settings, name, None)
-        if value:
-            values.append(str(value))
-    return values
 
 
 async def _run_health_monitor(settings: MonitorSettings) -> int:
@@ -67,7 +58,7 @@ def cmd_health_monitor(_args: argparse.Namespace) -> int:
         "health-monitor",
         settings.log_level,
         settings.health_log_dir / "health-monitor.log",
-        secrets=_secrets(settings),
+        secrets=secret_values(settings),
     )
     return asyncio.run(_run_health_monitor(settings))
 

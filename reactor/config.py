@@ -27,6 +27,7 @@ from pydantic import (
 from reactor.errors import ConfigError
 
 MASK = "***"
+SECRET_FILE_MAX = 64 * 1024
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -76,7 +77,8 @@ def secret(default: Any = None, *, description: str) -> Any:
 class CommonSettings(BaseModel):
     """Settings every worker shares: alert channels, metrics and logging."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Infinity and NaN parse as floats but make no sense as seconds.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     log_level: str = Field(
         "INFO",
@@ -149,8 +151,8 @@ class MonitorSettings(CommonSettings):
         description="a Docker Engine address such as unix:///var/run/docker.sock or tcp://127.0.0.1:2375",
         pattern="^(unix|tcp|http|https|ssh)://.+",
     )
-    docker_timeout: float = Field(
-        30.0, gt=0, description="a number of seconds above 0 for each Docker API call"
+    docker_timeout: int = Field(
+        30, ge=1, description="a whole number of seconds, at least 1, for each API call"
     )
     containers_to_monitor: CommaList = Field(
         default_factory=list,
@@ -207,11 +209,24 @@ def secret_fields(model: type[BaseModel]) -> set[str]:
 
 def _read_secret_file(variable: str, path: str) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+        with open(path, "rb") as handle:
+            data = handle.read(SECRET_FILE_MAX + 1)
     except OSError as exc:
         raise ConfigError(
             f"{variable}_FILE={path!r} cannot be read ({exc.strerror}); "
             f"mount the secret there or unset {variable}_FILE"
+        ) from exc
+    if len(data) > SECRET_FILE_MAX:
+        raise ConfigError(
+            f"{variable}_FILE={path!r} is larger than {SECRET_FILE_MAX} bytes; "
+            "point it at the file that holds only the secret"
+        )
+    try:
+        return data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{variable}_FILE={path!r} is not UTF-8 text; "
+            "write the secret as plain text"
         ) from exc
 
 
@@ -264,8 +279,39 @@ def _describe(
         else "a valid value"
     )
     shown = MASK if name in secrets else repr(values.get(name, ""))
+    if error.get("type") == "string_pattern_mismatch":
+        # pydantic's text quotes the regular expression; the hint says it better.
+        message = "not in the accepted form"
     reason = message[:1].lower() + message[1:]
     return f"{variable}={shown} is invalid: {reason}; set it to {hint}"
+
+
+def url_secrets(url: str) -> list[str]:
+    """Return the parts of a secret URL that are secret on their own.
+
+    A webhook URL's path carries its token, and an error page may echo the
+    path without the host, so the path and its last segment are masked too.
+    """
+    path = urlsplit(url).path.rstrip("/")
+    parts = [url]
+    if len(path) > 1:
+        parts.append(path)
+        last = path.rsplit("/", 1)[-1]
+        if len(last) >= 8:
+            parts.append(last)
+    return parts
+
+
+def secret_values(settings: BaseModel) -> list[str]:
+    """Return every secret value of ``settings``, for the log masking."""
+    values: list[str] = []
+    for name in sorted(secret_fields(type(settings))):
+        value = getattr(settings, name, None)
+        if not value:
+            continue
+        text = str(value)
+        values.extend(url_secrets(text) if "://" in text else [text])
+    return values
 
 
 def describe_settings(settings: BaseModel) -> dict[str, object]:

@@ -17,6 +17,8 @@ from reactor.errors import ConfigError
 
 LOG_FILE_MAX_BYTES = 10 * 1024 * 1024
 LOG_FILE_BACKUPS = 5
+SHORT_SECRET = 6
+"""Secrets shorter than this are masked only as whole string values."""
 
 # Libraries whose INFO lines would print request URLs, and the Slack webhook
 # URL is itself the secret.
@@ -49,22 +51,31 @@ class MaskingJsonFormatter(JsonFormatter):
             timestamp="time",
             rename_fields={"levelname": "level", "name": "logger"},
         )
-        forms: set[str] = set()
+        words: set[str] = set()
+        whole_values: set[str] = set()
         for value in secrets:
-            if value:
-                forms.add(value)
-                forms.add(json.dumps(value)[1:-1])
+            encoded = json.dumps(value)[1:-1]
+            if len(value) >= SHORT_SECRET:
+                words.update({value, encoded})
+            elif value:
+                whole_values.add(encoded)
         # Longest first, so a secret that contains another is masked whole.
         # A secret is masked only where it is not part of a longer word, so
-        # a short password such as "fix" leaves "prefix" readable.
-        alternatives = "|".join(
-            re.escape(v) for v in sorted(forms, key=len, reverse=True)
-        )
-        self._pattern = (
-            re.compile(f"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])")
-            if alternatives
-            else None
-        )
+        # "fix" leaves "prefix" readable; a secret shorter than SHORT_SECRET
+        # is masked only as a whole JSON string, because as a word it would
+        # also hit database names and messages and so reveal itself.
+        patterns = []
+        if words:
+            alternatives = "|".join(
+                re.escape(v) for v in sorted(words, key=len, reverse=True)
+            )
+            patterns.append(f"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])")
+        if whole_values:
+            alternatives = "|".join(
+                re.escape(v) for v in sorted(whole_values, key=len, reverse=True)
+            )
+            patterns.append(f'(?<=")(?:{alternatives})(?=")')
+        self._pattern = re.compile("|".join(patterns)) if patterns else None
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)

@@ -132,7 +132,7 @@ def create_client(settings: MonitorSettings) -> docker.APIClient:
     return docker.APIClient(
         base_url=settings.docker_host,
         version="auto",
-        timeout=int(settings.docker_timeout),
+        timeout=settings.docker_timeout,
     )
 
 

@@ -74,6 +74,9 @@ def test_selection_by_glob_and_name() -> None:
         ("RESTART_LOOP_THRESHOLD", "1", "RESTART_LOOP_THRESHOLD='1' is invalid"),
         ("LOG_LEVEL", "loud", "LOG_LEVEL='loud' is invalid"),
         ("SMTP_FROM", "nobody", "SMTP_FROM='nobody' is invalid"),
+        ("CHECK_INTERVAL", "inf", "CHECK_INTERVAL='inf' is invalid"),
+        ("SHUTDOWN_TIMEOUT", "nan", "SHUTDOWN_TIMEOUT='nan' is invalid"),
+        ("DOCKER_TIMEOUT", "0.5", "DOCKER_TIMEOUT='0.5' is invalid"),
     ],
 )
 def test_invalid_values_name_the_variable(
@@ -113,6 +116,27 @@ def test_secret_file_missing(tmp_path: Path) -> None:
     path = tmp_path / "absent"
     with pytest.raises(ConfigError, match=r"SMTP_PASSWORD_FILE=.* cannot be read"):
         load(MonitorSettings, {"SMTP_PASSWORD_FILE": str(path)})
+
+
+def test_secret_file_not_text(tmp_path: Path) -> None:
+    path = tmp_path / "binary"
+    path.write_bytes(b"\xff\xfe\x00secret")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load(MonitorSettings, {"SLACK_WEBHOOK_URL_FILE": str(path)})
+
+
+def test_secret_file_too_large(tmp_path: Path) -> None:
+    path = tmp_path / "huge"
+    path.write_bytes(b"a" * 100_000)
+    with pytest.raises(ConfigError, match="is larger than"):
+        load(MonitorSettings, {"SMTP_PASSWORD_FILE": str(path)})
+
+
+def test_pattern_errors_hide_the_regex() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(MonitorSettings, {"LOG_LEVEL": "verbose"})
+    assert "(?i" not in str(caught.value)
+    assert "one of DEBUG, INFO, WARNING, ERROR" in str(caught.value)
 
 
 def test_secret_and_file_both_set(tmp_path: Path) -> None:

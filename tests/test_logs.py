@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from reactor.config import MonitorSettings, load, secret_values
 from reactor.logs import setup_logging
 
 
@@ -45,11 +46,42 @@ def test_lines_are_json_with_secrets_masked(
     logging.getLogger().handlers.clear()
 
 
-def test_short_secret_is_masked_only_as_a_word(
+def test_secret_is_masked_only_as_a_word(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    setup_logging("backup-worker", "INFO", None, secrets=["fix"])
-    logging.getLogger("test").info("prefix fix, fix-up and fixed")
+    setup_logging("backup-worker", "INFO", None, secrets=["hunter2"])
+    logging.getLogger("test").info("hunter2, hunter2-up and hunter22")
     line = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert line["message"] == "prefix ***, ***-up and fixed"
+    assert line["message"] == "***, ***-up and hunter22"
+    logging.getLogger().handlers.clear()
+
+
+def test_short_secret_is_masked_only_as_whole_value(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    setup_logging("backup-worker", "INFO", None, secrets=["x"])
+    logger = logging.getLogger("test")
+    logger.info("x", extra={"database": "-atk-dash=x", "password": "x"})
+    line = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert line["message"] == "***"
+    assert line["password"] == "***"
+    assert line["database"] == "-atk-dash=x"
+    logging.getLogger().handlers.clear()
+
+
+def test_webhook_path_is_masked(capsys: pytest.CaptureFixture[str]) -> None:
+    settings = load(
+        MonitorSettings,
+        {
+            "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T01/B01/XyZsecretToken"
+        },
+    )
+    setup_logging("health-monitor", "INFO", None, secrets=secret_values(settings))
+    logging.getLogger("test").error(
+        "Cannot POST /services/T01/B01/XyZsecretToken",
+        extra={"token": "XyZsecretToken"},
+    )
+    out = capsys.readouterr().out
+    assert "XyZsecretToken" not in out
+    assert "Cannot POST ***" in out
     logging.getLogger().handlers.clear()

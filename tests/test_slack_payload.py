@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
-from handlers.slack import MAX_ATTACHMENTS, TEXT_LIMIT, build_payload
+import asyncio
+
+import httpx
+import pytest
+
+from handlers.slack import (
+    MAX_ATTACHMENTS,
+    TEXT_LIMIT,
+    SlackChannel,
+    _retry_after,
+    build_payload,
+)
 from reactor.alerts import Alert, AlertType
+from reactor.errors import DeliveryError
 
 
 def alert(
@@ -56,3 +68,34 @@ def test_batch_is_summarised_not_dropped() -> None:
     assert "1 warning" in summary["text"]
     assert "late" in summary["text"]
     assert summary["color"] == "danger"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("3", 3.0),
+        ("0.5", 0.5),
+        ("-5", 0.0),
+        ("nan", 1.0),
+        ("inf", 1.0),
+        ("soon", 1.0),
+        (None, 1.0),
+    ],
+)
+def test_retry_after_is_finite(header: str | None, expected: float) -> None:
+    assert _retry_after(header) == expected
+
+
+def test_rejection_reason_hides_webhook_path() -> None:
+    url = "https://hooks.slack.example/services/T01/B01/XyZsecretToken"
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, text=f"Cannot POST {request.url.path}")
+
+    channel = SlackChannel(url)
+    channel._client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    with pytest.raises(DeliveryError) as caught:
+        asyncio.run(channel.deliver([alert()]))
+    assert "XyZsecretToken" not in str(caught.value)
+    assert "HTTP 404" in str(caught.value)
+    assert "Cannot POST ***" in str(caught.value)

@@ -21,7 +21,7 @@ from handlers.backup.restore import find_globals, restore
 from handlers.backup.schedule import previous_fire_time
 from handlers.backup.settings import BackupSettings
 from handlers.backup.status import ScheduleStore, StatusStore
-from reactor.config import load
+from reactor.config import load, secret_values
 from reactor.logs import setup_logging
 
 EXIT_OK = 0
@@ -33,11 +33,7 @@ _UMASK = 0o077
 
 
 def _secrets(settings: BackupSettings) -> list[str]:
-    values = [settings.password]
-    for value in (settings.slack_webhook_url, settings.smtp_password):
-        if value:
-            values.append(value)
-    return values
+    return secret_values(settings)
 
 
 def _settings(log: bool = True) -> BackupSettings:
