@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from apscheduler.triggers.cron import CronTrigger
 
@@ -11,6 +12,73 @@ MAX_FIRE_TIMES = 100_000
 """Upper bound on fire times examined; a minutely schedule covers about 69 days."""
 
 _LOOKBACK = (timedelta(days=2), timedelta(days=32), timedelta(days=367))
+
+# crontab(5) day-of-week names, indexed by cron's number (Sunday = 0).
+_CRON_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+# APScheduler 3 numbers and names weekdays from Monday = 0.
+_APSCHEDULER_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_CRON_WEEKDAY_MAX = 7
+_WEEKDAY_ITEM = re.compile(
+    r"^(?P<range>\*|[a-z0-9]+(?:-[a-z0-9]+)?)(?:/(?P<step>\d+))?$"
+)
+
+
+def _cron_weekday_number(token: str) -> int:
+    if token.isdigit():
+        number = int(token)
+        if number > _CRON_WEEKDAY_MAX:
+            raise ValueError(
+                f"day of week {token!r} is out of range; use 0-7 (0 and 7 are Sunday)"
+            )
+        return number
+    if token in _CRON_WEEKDAYS:
+        return _CRON_WEEKDAYS.index(token)
+    raise ValueError(f"day of week {token!r} is not a number 0-7 or a name sun-sat")
+
+
+def _cron_weekdays(item: str) -> set[int]:
+    """Expand one comma-separated item of a cron day-of-week field to Sunday=0 days."""
+    match = _WEEKDAY_ITEM.match(item)
+    if match is None:
+        raise ValueError(f"day of week {item!r} is invalid")
+    span, step_text = match["range"], match["step"]
+    if span == "*":
+        first, last = 0, _CRON_WEEKDAY_MAX
+    elif "-" in span:
+        start, end = span.split("-")
+        first, last = _cron_weekday_number(start), _cron_weekday_number(end)
+        if first > last:
+            raise ValueError(
+                f"day of week range {span!r} ends before it starts; "
+                "write it as two ranges, e.g. 5-6,0-1"
+            )
+    else:
+        first = _cron_weekday_number(span)
+        # "N/step" runs from N to the end of the week (7, Sunday).
+        last = first if step_text is None else _CRON_WEEKDAY_MAX
+    step = 1 if step_text is None else int(step_text)
+    if step < 1:
+        raise ValueError(f"day of week step in {item!r} must be at least 1")
+    return {day % 7 for day in range(first, last + 1, step)}
+
+
+def cron_day_of_week(field: str) -> str:
+    """Translate a cron day-of-week field to APScheduler 3's numbering.
+
+    crontab(5) counts weekdays from Sunday = 0, and accepts 7 for Sunday too.
+    APScheduler 3 counts from Monday = 0, so ``0 2 * * 1-5`` passed through
+    unchanged would run Tuesday to Saturday. The field is expanded to a set of
+    days and returned as a list of APScheduler weekday names. Numbers,
+    names, ranges, lists and steps are accepted, and ``*`` stays as it is.
+    """
+    if field == "*":
+        return field
+    days: set[int] = set()
+    for item in field.lower().split(","):
+        days |= _cron_weekdays(item)
+    # Monday first, so the result reads in APScheduler's order.
+    ordered = sorted(days, key=lambda day: (day - 1) % 7)
+    return ",".join(_APSCHEDULER_WEEKDAYS[(day - 1) % 7] for day in ordered)
 
 
 class LocalCronTrigger(CronTrigger):  # type: ignore[misc]
@@ -20,7 +88,31 @@ class LocalCronTrigger(CronTrigger):  # type: ignore[misc]
     02:00 summer time and again at 02:00 winter time. Like Vixie cron, this
     trigger skips the second occurrence of a repeated local time, so a daily
     backup runs once per local day.
+
+    :meth:`from_crontab` reads the day of week with cron's numbering.
     """
+
+    # NOTE: when both day of month and day of week are restricted, cron runs
+    # on either match, but APScheduler 3 requires both: "0 2 1 * 1" fires
+    # only on a 1st that is a Monday.
+
+    @classmethod
+    def from_crontab(
+        cls, expr: str, timezone: tzinfo | str | None = None
+    ) -> LocalCronTrigger:
+        """Build a trigger from a five-field crontab expression, Sunday = 0 or 7."""
+        values = expr.split()
+        if len(values) != 5:
+            raise ValueError(f"Wrong number of fields; got {len(values)}, expected 5")
+        minute, hour, day, month, day_of_week = values
+        return cls(
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=month,
+            day_of_week=cron_day_of_week(day_of_week),
+            timezone=timezone,
+        )
 
     def get_next_fire_time(
         self, previous_fire_time: datetime | None, now: datetime

@@ -82,6 +82,58 @@ def test_hourly_schedule_keeps_both_fall_back_hours() -> None:
     assert times == [0, 2, 3, 4]
 
 
+FRIDAY = datetime(2026, 12, 4, tzinfo=UTC)
+
+
+def next_fire_days(expression: str, count: int) -> list[date]:
+    trigger = LocalCronTrigger.from_crontab(expression, timezone=UTC)
+    days = []
+    previous = None
+    moment = FRIDAY
+    for _ in range(count):
+        fire_time = trigger.get_next_fire_time(previous, moment)
+        assert fire_time is not None
+        days.append(fire_time.date())
+        previous, moment = fire_time, just_after(fire_time)
+    return days
+
+
+def december(*days: int) -> list[date]:
+    return [date(2026, 12, day) for day in days]
+
+
+# From Friday 4 December 2026: Saturday is the 5th, Sunday the 6th, Monday the 7th.
+@pytest.mark.parametrize(
+    ("day_of_week", "expected"),
+    [
+        ("0", december(6, 13, 20, 27)),
+        ("7", december(6, 13, 20, 27)),
+        ("sun", december(6, 13, 20, 27)),
+        ("1", december(7, 14, 21, 28)),
+        ("6", december(5, 12, 19, 26)),
+        ("1-5", december(4, 7, 8, 9, 10, 11)),
+        ("mon-fri", december(4, 7, 8, 9, 10, 11)),
+        ("0,6", december(5, 6, 12, 13)),
+        ("6-7", december(5, 6, 12, 13)),
+        ("sat,sun", december(5, 6, 12, 13)),
+        ("*/2", december(5, 6, 8, 10, 12, 13)),
+        ("1-5/2", december(4, 7, 9, 11, 14)),
+        ("3/2", december(4, 6, 9, 11, 13)),
+        ("sun-sat", december(4, 5, 6, 7, 8)),
+        ("*", december(4, 5, 6, 7, 8)),
+    ],
+)
+def test_day_of_week_uses_cron_numbers(day_of_week: str, expected: list[date]) -> None:
+    days = next_fire_days(f"0 2 * * {day_of_week}", len(expected))
+    assert days == expected
+
+
+@pytest.mark.parametrize("day_of_week", ["8", "fri-mon", "5-1", "1-5/0", "mon#1"])
+def test_day_of_week_rejects_invalid(day_of_week: str) -> None:
+    with pytest.raises(ValueError, match="day of week"):
+        LocalCronTrigger.from_crontab(f"0 2 * * {day_of_week}")
+
+
 def test_missed_run_within_grace_catches_up() -> None:
     trigger = LocalCronTrigger.from_crontab("0 2 * * *", timezone=BERLIN)
     last_fire = datetime(2025, 6, 1, 2, 0, tzinfo=BERLIN)
@@ -112,6 +164,7 @@ def test_previous_fire_time_looks_back() -> None:
     [
         ("BACKUP_SCHEDULE", "61 2 * * *", "BACKUP_SCHEDULE='61 2 * * *' is invalid"),
         ("BACKUP_SCHEDULE", "0 2 * *", "BACKUP_SCHEDULE='0 2 * *' is invalid"),
+        ("BACKUP_SCHEDULE", "0 2 * * 8", "BACKUP_SCHEDULE='0 2 * * 8' is invalid"),
         ("BACKUP_COMPRESSION_LEVEL", "10", "BACKUP_COMPRESSION_LEVEL='10' is invalid"),
         ("BACKUP_FORMAT", "tar", "BACKUP_FORMAT='tar' is invalid"),
         ("TZ", "Mars/Olympus", "TZ='Mars/Olympus' is invalid"),
