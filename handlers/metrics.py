@@ -168,6 +168,9 @@ class MonitorCollector(Collector):
         )
         tally = dict.fromkeys(Health, 0)
         for name, state in sorted(self.states.items()):
+            if state.removed:
+                # Gone: its series leaves the group instead of reading 0.
+                continue
             health.add_metric([name], 1.0 if state.health == Health.UP else 0.0)
             tally[state.health] += 1
         for value, count in tally.items():

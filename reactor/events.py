@@ -32,6 +32,7 @@ WATCHED_ACTIONS = (
     "kill",
     "stop",
     "destroy",
+    "rename",
     "pause",
     "unpause",
     "health_status",

@@ -65,6 +65,9 @@ REPLAY_OVERLAP_NANO = 2_000_000_000
 """How far before the newest event a replay starts. The daemon stamps an event
 before it takes its publishing lock, so it may deliver an event slightly older
 than one it already delivered."""
+REMOVED_KEPT_SECONDS = 24 * 3600
+"""How long a removed container is remembered, so that one created again under
+its name is announced as a recovery instead of a silent first sight."""
 SAVED_KEYS_MAX = 1024
 """Most keys of recent events kept in the state file to recognise a replay."""
 STABLE_SCAN_INTERVAL = 1.0
@@ -181,6 +184,14 @@ class HealthMonitor:
         """Follow the Engine until :meth:`request_stop`, reconnecting as needed."""
         snapshot = self.store.load()
         self.machine.load(snapshot.containers)
+        unselected = [n for n in snapshot.containers if not self.settings.selects(n)]
+        if unselected:
+            # CONTAINERS_TO_MONITOR changed since the state was saved.
+            self.machine.forget(unselected)
+            logger.info(
+                "Forgot containers that are no longer selected",
+                extra={"event": "containers_forgotten", "containers": unselected},
+            )
         self._position = snapshot.last_event_nano
         self._observed_from = snapshot.observed_from_nano
         for key in snapshot.recent_keys:
@@ -419,9 +430,24 @@ class HealthMonitor:
             return
         self.stats.events_seen += 1
         self.stats.last_event_time = event.time
+        if event.action == "rename":
+            await self._rename(event)
+            return
         if not self.settings.selects(event.name):
             return
         await self._announce_all(self.machine.observe_event(event))
+
+    async def _rename(self, event: ContainerEvent) -> None:
+        old = event.attributes.get("oldName", "").lstrip("/")
+        keep = self.settings.selects(event.name)
+        if not old or old == event.name:
+            return
+        transitions = self.machine.rename(old, event.name, keep, event.time)
+        if not transitions and keep:
+            # Renamed into the selection: take its state from the Engine.
+            self._next_reconcile = time.monotonic()
+        for transition in transitions:
+            await self._announce(transition)
 
     def _count_malformed(self, error: str) -> None:
         self.stats.events_malformed += 1
@@ -485,6 +511,7 @@ class HealthMonitor:
 
         await self._announce_all(transitions)
         await self._announce_all(self.machine.check_stable(now))
+        self.machine.forget_removed(now - REMOVED_KEPT_SECONDS)
         signals.publish(
             signals.monitor_heartbeat,
             self,

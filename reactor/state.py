@@ -65,6 +65,9 @@ class ContainerState:
     flapping: bool = False
     loop_deaths: int = 0
     oom_pending: bool = False
+    removed: bool = False
+    """The container is gone; the state is kept so that a container created
+    again under the same name is announced as a recovery."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +80,7 @@ class ContainerState:
             "deaths": self.deaths,
             "flapping": self.flapping,
             "loop_deaths": self.loop_deaths,
+            "removed": self.removed,
         }
 
     @classmethod
@@ -92,6 +96,7 @@ class ContainerState:
             deaths=[float(t) for t in data.get("deaths", [])],
             flapping=bool(data.get("flapping", False)),
             loop_deaths=int(data.get("loop_deaths", 0)),
+            removed=bool(data.get("removed", False)),
         )
 
 
@@ -187,13 +192,19 @@ class StateMachine:
             state.oom_pending = False
 
         if observation.removed and observation.name not in self.required:
-            del self.states[observation.name]
+            if state.removed:
+                return []
             alert = self._alert_for(state, previous, Health.DOWN, observation)
+            state.removed = True
+            state.health = Health.DOWN
+            state.reason = observation.reason
+            state.since = observation.time
             return [
                 self._transition(
                     state, previous, Health.DOWN, observation, alert, removed=True
                 )
             ]
+        state.removed = False
 
         if observation.health == previous:
             if observation.health == Health.DOWN and observation.reason != state.reason:
@@ -209,6 +220,60 @@ class StateMachine:
         return [
             self._transition(state, previous, observation.health, observation, alert)
         ]
+
+    def forget_removed(self, before: float) -> list[str]:
+        """Drop removed containers gone since before ``before``; return their names."""
+        names = [
+            name
+            for name, state in self.states.items()
+            if state.removed and state.since < before
+        ]
+        for name in names:
+            del self.states[name]
+            self._looping.discard(name)
+        return names
+
+    def forget(self, names: list[str]) -> None:
+        """Drop containers without a transition, e.g. those no longer selected."""
+        for name in names:
+            self.states.pop(name, None)
+            self._looping.discard(name)
+
+    def rename(self, old: str, new: str, keep: bool, now: float) -> list[Transition]:
+        """Move a renamed container's state; ``keep`` tells if ``new`` is watched."""
+        state = self.states.pop(old, None)
+        self._looping.discard(old)
+        if state is None:
+            return []
+        transitions = [
+            Transition(
+                name=old,
+                previous=state.health,
+                current=state.health,
+                reason="renamed",
+                time=now,
+                image=state.image,
+                container_id=state.container_id,
+                removed=True,
+            )
+        ]
+        if keep:
+            state.name = new
+            self.states[new] = state
+            if state.flapping:
+                self._looping.add(new)
+            transitions.append(
+                Transition(
+                    name=new,
+                    previous=None,
+                    current=state.health,
+                    reason=state.reason,
+                    time=now,
+                    image=state.image,
+                    container_id=state.container_id,
+                )
+            )
+        return transitions
 
     def missing(self, name: str, now: float) -> list[Transition]:
         """Record that a required container is absent from a listing."""

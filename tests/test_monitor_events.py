@@ -108,3 +108,33 @@ def test_daemon_time_parses_nanoseconds() -> None:
     )
     assert daemon_time({"SystemTime": "2027-01-15T09:00:00+01:00"}) == 1800000000.0
     assert daemon_time({}) is None
+
+
+def test_rename_event_moves_state(tmp_path: Path) -> None:
+    target = monitor(tmp_path)
+    feed(
+        target,
+        raw("start", "old", T0),
+        raw("rename", "new", T0 + 5, oldName="/old"),
+    )
+    assert "old" not in target.machine.states
+    assert target.machine.states["new"].health == Health.UP
+    assert target.stats.transitions == 3
+
+
+def test_unselected_saved_states_are_forgotten(tmp_path: Path) -> None:
+    first = monitor(tmp_path)
+    feed(first, raw("start", "web", T0), raw("start", "db", T0 + 1))
+    first._save()
+    settings = load(
+        MonitorSettings,
+        {"HEALTH_LOG_DIR": str(tmp_path), "CONTAINERS_TO_MONITOR": "db"},
+    )
+    second = HealthMonitor(settings)
+
+    async def run_until_connect() -> None:
+        second.request_stop()
+        await second.run()
+
+    asyncio.run(run_until_connect())
+    assert set(second.machine.states) == {"db"}

@@ -282,3 +282,35 @@ def test_sigterm_finishes_alert_in_flight(
     assert len(slack.accepted) == 1
     assert len(smtp.messages) == 1
     assert worker.events("stopped")
+
+
+def test_recreate_and_rename(
+    containers: Containers,
+    monitor_env: dict[str, str],
+    start_monitor: StartMonitor,
+    slack: SlackReceiver,
+) -> None:
+    web = containers.run("web")
+    old = containers.run("old")
+    worker = start_monitor(monitor_env)
+    gateway = monitor_env["PROMETHEUS_PUSHGATEWAY"]
+    instance = monitor_env["INSTANCE_NAME"]
+
+    # Recreated under the same name, as compose does on a config change.
+    containers.api.remove_container(web, force=True)
+    containers.created.remove(web)
+    wait_attachments(slack, 1)
+    containers.run("web")
+    wait_attachments(slack, 2)
+    assert titles(slack) == [f"Container {web} is down", f"Container {web} recovered"]
+
+    new = containers.name("new")
+    containers.api.rename(old, new)
+    containers.created.append(new)
+    wait_for(lambda: gauge(gateway, instance, new) == 1.0, what="gauge of the new name")
+    wait_for(
+        lambda: gauge(gateway, instance, old) is None, what="old name's series gone"
+    )
+    settle(1.0)
+    assert len(slack.attachments()) == 2
+    assert worker.stop() == 0

@@ -112,14 +112,60 @@ def test_degraded_container_dies() -> None:
     assert down.alert == AlertKind.DOWN
 
 
-def test_destroy_forgets_unrequired_container() -> None:
+def test_destroy_keeps_a_removed_record() -> None:
     states = machine()
     states.observe_event(event("start"))
     states.observe_event(event("die", at=T0 + 1, exitCode="0"))
     [removed] = states.observe_event(event("destroy", at=T0 + 2))
     assert removed.removed is True
     assert removed.alert is None
-    assert "web" not in states.states
+    assert states.states["web"].removed is True
+    assert states.observe_event(event("destroy", at=T0 + 3)) == []
+
+
+def test_recreated_container_recovers() -> None:
+    states = machine()
+    states.observe_event(event("start"))
+    states.observe_event(event("die", at=T0 + 1, exitCode="137"))
+    states.observe_event(event("destroy", at=T0 + 2))
+    [recovered] = states.observe_event(event("start", at=T0 + 3))
+    assert recovered.alert == AlertKind.RECOVERED
+    assert recovered.previous == Health.DOWN
+    assert states.states["web"].removed is False
+
+
+def test_removed_records_expire() -> None:
+    states = machine()
+    states.observe_event(event("start"))
+    states.observe_event(event("destroy", at=T0 + 1))
+    assert states.forget_removed(T0 + 1) == []
+    assert states.forget_removed(T0 + 2) == ["web"]
+    [first] = states.observe_event(event("start", at=T0 + 3))
+    assert first.alert is None
+
+
+def test_rename_moves_the_state() -> None:
+    states = machine()
+    states.observe_event(event("start", name="old"))
+    states.observe_event(event("die", name="old", at=T0 + 1, exitCode="1"))
+    gone, moved = states.rename("old", "new", keep=True, now=T0 + 2)
+    assert gone.name == "old"
+    assert gone.removed is True
+    assert gone.alert is None
+    assert moved.name == "new"
+    assert moved.alert is None
+    assert moved.current == Health.DOWN
+    assert "old" not in states.states
+    [recovered] = states.observe_event(event("start", name="new", at=T0 + 3))
+    assert recovered.alert == AlertKind.RECOVERED
+
+
+def test_rename_out_of_selection_forgets() -> None:
+    states = machine()
+    states.observe_event(event("start", name="old"))
+    [gone] = states.rename("old", "elsewhere", keep=False, now=T0 + 1)
+    assert gone.removed is True
+    assert states.states == {}
 
 
 def test_destroy_of_running_container_alerts() -> None:
@@ -205,6 +251,7 @@ def test_state_round_trips_through_dict() -> None:
         deaths=[T0 - 1, T0],
         flapping=True,
         loop_deaths=4,
+        removed=True,
     )
     restored = ContainerState.from_dict("web", state.to_dict())
     assert restored == state
