@@ -19,9 +19,10 @@ from handlers.backup.job import BackupJob, connection_of, format_size, policy_of
 from handlers.backup.layout import Kind, Layout
 from handlers.backup.restore import find_globals, restore
 from handlers.backup.schedule import previous_fire_time
-from handlers.backup.settings import BackupSettings
+from handlers.backup.settings import BackupFileSettings, BackupSettings
 from handlers.backup.status import ScheduleStore, StatusStore
 from reactor.config import load, secret_values
+from reactor.errors import ConfigError
 from reactor.logs import setup_logging
 
 EXIT_OK = 0
@@ -36,12 +37,27 @@ def _secrets(settings: BackupSettings) -> list[str]:
     return secret_values(settings)
 
 
+def prepare_backup_dir(layout: Layout) -> None:
+    """Create BACKUP_DIR with mode 0700, or raise :class:`ConfigError` naming it."""
+    try:
+        layout.ensure_dir(layout.root)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if isinstance(exc, FileExistsError):
+            reason = "a file that is not a directory is in the way"
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ConfigError(
+            f"BACKUP_DIR={str(layout.root)!r} cannot be used as a directory: "
+            f"{reason}{where}; set it to a writable directory path"
+        ) from exc
+
+
 def _settings(log: bool = True) -> BackupSettings:
     settings = load(BackupSettings)
     os.umask(_UMASK)
     if log:
         layout = Layout(settings.backup_dir)
-        layout.ensure_dir(layout.root)
+        prepare_backup_dir(layout)
         setup_logging(
             "backup-worker",
             settings.log_level,
@@ -80,15 +96,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     files = [item for kind in Kind for item in layout.files(kind)]
     files.sort(key=lambda item: (item.database, item.time, str(item.kind)))
     for item in [*files, *layout.globals_files()]:
-        # A file carries its final name only after it was verified; --verify
-        # reads it back again now.
-        verified = "yes"
+        # A matching name proves nothing about the contents, because anyone
+        # can copy a file in. Only --verify reads the file, so "-" means
+        # "not checked".
+        verified = "-"
         if args.verify:
             try:
                 asyncio.run(verify(item.path, connection.env()))
             except BackupError:
                 verified = "FAILED"
                 failed = True
+            else:
+                verified = "yes"
         rows.append(
             (
                 item.database,
@@ -157,14 +176,22 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def healthcheck(_args: argparse.Namespace) -> int:
-    """Exit 1 when a database's last success is older than the schedule allows."""
-    settings = load(BackupSettings)
+    """Exit 1 when a database's last success is older than the schedule allows.
+
+    It reads only files, so it loads the settings without PGPASSWORD.
+    """
+    settings = load(BackupFileSettings)
     layout = Layout(settings.backup_dir)
     now = datetime.now(UTC)
     grace = timedelta(seconds=settings.backup_healthcheck_grace)
     expected = previous_fire_time(settings.trigger(), now - grace)
 
-    state = ScheduleStore(layout.schedule_path).load()
+    try:
+        state = ScheduleStore(layout.schedule_path).load()
+        status = StatusStore(layout.status_path).load()
+    except OSError as exc:
+        print(f"unhealthy: cannot read {exc.filename or layout.root}: {exc.strerror}")
+        return EXIT_FAILURE
     if state.first_start is None:
         print(f"unhealthy: the backup worker has never started with {layout.root}")
         return EXIT_FAILURE
@@ -172,7 +199,6 @@ def healthcheck(_args: argparse.Namespace) -> int:
         print("healthy: no scheduled backup is due yet")
         return EXIT_OK
 
-    status = StatusStore(layout.status_path).load()
     databases = settings.backup_databases or sorted(status.databases)
     if not databases:
         print(f"unhealthy: no backup recorded in {layout.status_path}")

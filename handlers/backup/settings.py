@@ -14,15 +14,12 @@ from handlers.backup.schedule import LocalCronTrigger
 from reactor.config import Bool, CommaList, CommonSettings, secret
 
 
-class BackupSettings(CommonSettings):
-    """Settings of the backup worker: what to dump, when, where and for how long."""
+class BackupFileSettings(CommonSettings):
+    """Settings of the backup worker that need no database password.
 
-    pghost: str = Field(
-        "molochain-postgres", description="a PostgreSQL host name or socket directory"
-    )
-    pgport: int = Field(5432, ge=1, le=65535, description="a TCP port, e.g. 5432")
-    pguser: str = Field("molochain", min_length=1, description="a PostgreSQL role")
-    pgpassword: str | None = secret(description="the password of PGUSER")
+    The healthcheck reads only ``BACKUP_DIR`` and the schedule, so it loads
+    these and starts without PGPASSWORD.
+    """
 
     backup_databases: CommaList = Field(
         default_factory=list,
@@ -89,15 +86,6 @@ class BackupSettings(CommonSettings):
             raise ValueError("unknown time zone") from exc
         return value
 
-    @model_validator(mode="after")
-    def _check_password(self) -> BackupSettings:
-        if not self.pgpassword:
-            raise ValueError(
-                "PGPASSWORD: missing; set PGPASSWORD or PGPASSWORD_FILE to the "
-                "password of PGUSER"
-            )
-        return self
-
     @property
     def zone(self) -> ZoneInfo:
         """The time zone of the schedule and of the weekly and monthly snapshots."""
@@ -115,11 +103,31 @@ class BackupSettings(CommonSettings):
         """The Pushgateway ``instance`` label and the host named in alerts."""
         return self.instance_name or socket.gethostname()
 
+    def local_time(self, moment: datetime) -> datetime:
+        """Convert an aware time to the schedule's time zone."""
+        return moment.astimezone(self.zone)
+
+
+class BackupSettings(BackupFileSettings):
+    """Settings of the backup worker: what to dump, when, where and for how long."""
+
+    pghost: str = Field(
+        "molochain-postgres", description="a PostgreSQL host name or socket directory"
+    )
+    pgport: int = Field(5432, ge=1, le=65535, description="a TCP port, e.g. 5432")
+    pguser: str = Field("molochain", min_length=1, description="a PostgreSQL role")
+    pgpassword: str | None = secret(description="the password of PGUSER")
+
+    @model_validator(mode="after")
+    def _check_password(self) -> BackupSettings:
+        if not self.pgpassword:
+            raise ValueError(
+                "PGPASSWORD: missing; set PGPASSWORD or PGPASSWORD_FILE to the "
+                "password of PGUSER"
+            )
+        return self
+
     @property
     def password(self) -> str:
         """PGPASSWORD, which the validator guarantees is set."""
         return self.pgpassword or ""
-
-    def local_time(self, moment: datetime) -> datetime:
-        """Convert an aware time to the schedule's time zone."""
-        return moment.astimezone(self.zone)

@@ -190,11 +190,14 @@ def test_globals_dumped_and_listed(
         (source, "daily"),
         ("globals", "globals"),
     ]
-    assert all(row[-2] == "yes" for row in rows)
+    assert all(row[-2] == "-" for row in rows)
 
     verified = backup_cli("backup", "list", "--verify")
     assert verified.returncode == 0
-    assert "FAILED" not in verified.stdout
+    assert [line.split()[-2] for line in verified.stdout.splitlines()[1:]] == [
+        "yes",
+        "yes",
+    ]
 
 
 def test_list_verify_flags_damaged_file(
@@ -210,3 +213,22 @@ def test_list_verify_flags_damaged_file(
     verified = backup_cli("backup", "list", "--verify")
     assert verified.returncode == 1
     assert "FAILED" in verified.stdout
+
+
+def test_list_marks_unread_files_unchecked(backup_cli: Cli, backup_dir: Path) -> None:
+    directory = backup_dir / "daily" / "shop"
+    directory.mkdir(parents=True)
+    garbage = directory / "shop_20261204T020000Z.dump"
+    garbage.write_bytes(b"not a pg_dump archive")
+
+    listing = backup_cli("backup", "list")
+    assert listing.returncode == 0, listing.stderr
+    rows = [line.split() for line in listing.stdout.splitlines()[1:]]
+    assert len(rows) == 1
+    assert rows[0][-1] == str(garbage)
+    assert rows[0][-2] == "-"
+
+    verified = backup_cli("backup", "list", "--verify")
+    assert verified.returncode == 1
+    verified_rows = [line.split() for line in verified.stdout.splitlines()[1:]]
+    assert verified_rows[0][-2] == "FAILED"

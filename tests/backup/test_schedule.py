@@ -184,13 +184,59 @@ def test_bad_setting_exits_2(
         assert result.stdout == ""
 
 
-def test_missing_password_exits_2(tmp_path: Path) -> None:
-    result = run_once(["backup", "now"], {"BACKUP_DIR": str(tmp_path)}, timeout=30)
+@pytest.mark.parametrize("args", [["backup", "now"], ["backup-worker"]])
+def test_missing_password_exits_2(tmp_path: Path, args: list[str]) -> None:
+    result = run_once(args, {"BACKUP_DIR": str(tmp_path)}, timeout=30)
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "molochain-workers: error: PGPASSWORD: missing; set PGPASSWORD or "
         "PGPASSWORD_FILE to the password of PGUSER"
     )
+
+
+def test_healthcheck_needs_no_password(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    write_schedule(tmp_path, now - timedelta(days=3), now - timedelta(hours=1))
+    status = {
+        "version": 1,
+        "databases": {"shop": {"last_success_time": now.timestamp()}},
+    }
+    (tmp_path / "status.json").write_text(json.dumps(status))
+    env = {
+        "BACKUP_DIR": str(tmp_path),
+        "BACKUP_DATABASES": "shop",
+        "PGPASSWORD_FILE": str(tmp_path / "no-such-secret"),
+    }
+    result = run_once(["healthcheck", "backup-worker"], env, timeout=30)
+    assert result.stderr == ""
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.startswith("healthy: oldest last success")
+
+
+@pytest.mark.parametrize("args", [["backup", "now"], ["backup-worker"]])
+def test_backup_dir_below_file_exits_2(tmp_path: Path, args: list[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    env = {"PGPASSWORD": TEST_PASSWORD, "BACKUP_DIR": str(blocker / "backups")}
+    result = run_once(args, env, timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(
+        f"molochain-workers: error: BACKUP_DIR='{blocker / 'backups'}' cannot be "
+        "used as a directory: Not a directory"
+    )
+    assert result.stdout == ""
+
+
+def test_healthcheck_reports_unreadable_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    env = {"BACKUP_DIR": str(blocker / "backups")}
+    result = run_once(["healthcheck", "backup-worker"], env, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr == ""
+    assert result.stdout.startswith("unhealthy: cannot read ")
 
 
 def write_schedule(
