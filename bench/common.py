@@ -73,8 +73,31 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(memory_kib / 1024 / 1024, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "docker": _first_line(["docker", "--version"]),
-        "postgresql": _first_line(["psql", "--version"]),
+        "docker_client": _first_line(["docker", "--version"]),
+        "docker_engine": _first_line(
+            [
+                "docker",
+                "--host",
+                f"unix://{TEST_ROOT / 'docker' / 'docker.sock'}",
+                "version",
+                "--format",
+                "{{.Server.Version}} (API {{.Server.APIVersion}})",
+            ]
+        ),
+        "postgresql_client": _first_line(["psql", "--version"]),
+        "postgresql_server": _first_line(
+            [
+                "psql",
+                "-X",
+                "-At",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-c",
+                "SHOW server_version",
+            ]
+        ),
     }
 
 
