@@ -15,8 +15,10 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from handlers.outbox import Outbox
 from reactor import signals
 from reactor.alerts import Alert
 from reactor.errors import DeliveryError
@@ -59,10 +61,11 @@ class DeliveryStats:
 class ChannelQueue:
     """A channel's queue and the task that empties it."""
 
-    def __init__(self, channel: Channel, stats: DeliveryStats) -> None:
+    def __init__(self, channel: Channel, stats: DeliveryStats, outbox: Outbox) -> None:
         self.channel = channel
         self.stats = stats
-        self.queue: asyncio.Queue[Alert] = asyncio.Queue()
+        self.outbox = outbox
+        self.queue: asyncio.Queue[tuple[int, Alert]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._last_delivery = 0.0
         self._in_flight = 0
@@ -76,6 +79,12 @@ class ChannelQueue:
     def pending(self) -> int:
         return self.queue.qsize() + self._in_flight
 
+    def enqueue(self, alert: Alert, entry_id: int | None = None) -> None:
+        """Queue an alert, recording it in the outbox unless it came from there."""
+        if entry_id is None:
+            entry_id = self.outbox.add(self.channel.name, alert)
+        self.queue.put_nowait((entry_id, alert))
+
     async def _run(self) -> None:
         while True:
             first = await self.queue.get()
@@ -87,7 +96,10 @@ class ChannelQueue:
                 batch.append(self.queue.get_nowait())
             self._in_flight = len(batch)
             try:
-                await self._deliver(batch)
+                await self._deliver([alert for _, alert in batch])
+                # Delivered, or failed for good after every retry: either way
+                # it leaves the outbox. A cancelled delivery stays in it.
+                self.outbox.done(entry_id for entry_id, _ in batch)
             finally:
                 self._in_flight = 0
                 self._last_delivery = time.monotonic()
@@ -147,15 +159,46 @@ class Notifier:
     """Subscribe to ``alert_raised`` and fan alerts out to every channel."""
 
     def __init__(
-        self, channels: Sequence[Channel], stats: DeliveryStats | None = None
+        self,
+        channels: Sequence[Channel],
+        stats: DeliveryStats | None = None,
+        outbox_path: Path | None = None,
     ) -> None:
         self.stats = stats or DeliveryStats()
-        self.queues = [ChannelQueue(channel, self.stats) for channel in channels]
+        self.outbox = Outbox(outbox_path)
+        self.queues = [
+            ChannelQueue(channel, self.stats, self.outbox) for channel in channels
+        ]
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        """Start the channel tasks and subscribe; call inside the running loop."""
+        """Start the channel tasks and subscribe; call inside the running loop.
+
+        Alerts that a previous run left undelivered are queued first.
+        """
         self._loop = asyncio.get_running_loop()
+        by_name = {queue.channel.name: queue for queue in self.queues}
+        left_over = self.outbox.load()
+        for entry_id, channel, alert in left_over:
+            queue = by_name.get(channel)
+            if queue is None:
+                self.outbox.done([entry_id])
+                logger.warning(
+                    "Dropped an undelivered alert for a channel no longer configured",
+                    extra={
+                        "event": "outbox_dropped",
+                        "channel": channel,
+                        "subject": alert.subject,
+                    },
+                )
+                continue
+            queue.enqueue(alert, entry_id)
+        if left_over:
+            logger.info(
+                "Resending alerts left undelivered by the previous run",
+                extra={"event": "outbox_resend", "count": len(left_over)},
+            )
+        self.outbox.start()
         for queue in self.queues:
             queue.start()
         signals.connect(signals.alert_raised, self._on_alert)
@@ -169,10 +212,10 @@ class Notifier:
             running = None
         for queue in self.queues:
             if running is self._loop:
-                queue.queue.put_nowait(alert)
+                queue.enqueue(alert)
             else:
                 # Raised from a worker thread, such as a backup job.
-                self._loop.call_soon_threadsafe(queue.queue.put_nowait, alert)
+                self._loop.call_soon_threadsafe(queue.enqueue, alert)
 
     async def stop(self, grace: float) -> None:
         """Finish in-flight alerts within ``grace`` seconds, then stop."""
@@ -181,11 +224,15 @@ class Notifier:
         for queue in self.queues:
             left = await queue.stop(deadline)
             if left:
+                kept = self.outbox.path is not None
                 logger.error(
-                    "Alerts not delivered before shutdown",
+                    "Alerts not delivered before shutdown%s",
+                    "; kept for the next start" if kept else "",
                     extra={
                         "event": "alerts_abandoned",
                         "channel": queue.channel.name,
                         "count": left,
+                        "kept": kept,
                     },
                 )
+        await self.outbox.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 
 class AlertType(enum.StrEnum):
@@ -55,6 +56,33 @@ class Alert:
     time: datetime = field(default_factory=lambda: datetime.now(UTC))
     kind: str = "transition"
     """A stable machine-readable name such as ``down`` or ``backup_failed``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type.value,
+            "title": self.title,
+            "text": self.text,
+            "worker": self.worker,
+            "host": self.host,
+            "subject": self.subject,
+            "fields": [list(pair) for pair in self.fields],
+            "time": self.time.isoformat(),
+            "kind": self.kind,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Alert:
+        return cls(
+            type=AlertType(data["type"]),
+            title=str(data["title"]),
+            text=str(data["text"]),
+            worker=str(data["worker"]),
+            host=str(data["host"]),
+            subject=str(data["subject"]),
+            fields=tuple((str(k), str(v)) for k, v in data.get("fields", [])),
+            time=datetime.fromisoformat(data["time"]),
+            kind=str(data.get("kind", "transition")),
+        )
 
     def fallback(self) -> str:
         """Return the one-line plain text used where rich formatting is not shown."""

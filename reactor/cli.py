@@ -31,7 +31,10 @@ async def _run_health_monitor(settings: MonitorSettings) -> int:
     from handlers.notifier import Notifier
     from reactor.monitor import HealthMonitor
 
-    notifier = Notifier(build_channels(settings))
+    notifier = Notifier(
+        build_channels(settings),
+        outbox_path=settings.health_log_dir / "outbox.json",
+    )
     notifier.start()
     monitor = HealthMonitor(settings)
     metrics = None

@@ -314,3 +314,57 @@ def test_recreate_and_rename(
     settle(1.0)
     assert len(slack.attachments()) == 2
     assert worker.stop() == 0
+
+
+def test_undelivered_alert_sent_after_restart(
+    containers: Containers,
+    monitor_env: dict[str, str],
+    start_monitor: StartMonitor,
+    slack: SlackReceiver,
+) -> None:
+    name = containers.run("svc")
+    env = {**monitor_env, "SHUTDOWN_TIMEOUT": "1"}
+    slack.respond_always(503)
+    first = start_monitor(env)
+    containers.api.kill(name)
+    first.wait_event("alert_retry")
+    assert first.stop() == 0
+    assert first.events("alerts_abandoned")[0]["kept"] is True
+
+    slack.respond_always(200)
+    second = start_monitor(env)
+    wait_for(lambda: len(slack.accepted) == 1, what="the kept alert")
+    settle(1.5)
+    [down] = slack.attachments()
+    assert down["title"].endswith(f"Container {name} is down")
+    assert field(down, "Exit code") == "137"
+    assert second.events("outbox_resend")[0]["count"] == 1
+    assert second.stop() == 0
+
+    # Sent once: a third start has nothing left to resend.
+    third = start_monitor(env)
+    settle(1.5)
+    assert len(slack.accepted) == 1
+    assert third.events("outbox_resend") == []
+    assert third.stop() == 0
+
+
+def test_alert_survives_sigkill(
+    containers: Containers,
+    monitor_env: dict[str, str],
+    start_monitor: StartMonitor,
+    slack: SlackReceiver,
+) -> None:
+    name = containers.run("svc")
+    slack.respond_always(503)
+    first = start_monitor(monitor_env)
+    containers.api.kill(name)
+    first.wait_event("alert_retry")
+    first.kill()
+
+    slack.respond_always(200)
+    second = start_monitor(monitor_env)
+    wait_for(lambda: len(slack.accepted) == 1, what="the alert after SIGKILL")
+    [down] = slack.attachments()
+    assert down["title"].endswith(f"Container {name} is down")
+    assert second.stop() == 0
