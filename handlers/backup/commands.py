@@ -15,7 +15,13 @@ from typing import Any
 from handlers.backup import retention
 from handlers.backup.dump import verify
 from handlers.backup.errors import BackupError
-from handlers.backup.job import BackupJob, connection_of, format_size, policy_of
+from handlers.backup.job import (
+    BackupJob,
+    RunLock,
+    connection_of,
+    format_size,
+    policy_of,
+)
 from handlers.backup.layout import Kind, Layout
 from handlers.backup.restore import find_globals, restore
 from handlers.backup.schedule import previous_fire_time
@@ -146,6 +152,44 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Remove databases from status.json, so their metrics are no longer pushed."""
+    settings = load(BackupFileSettings)
+    os.umask(_UMASK)
+    layout = Layout(settings.backup_dir)
+    store = StatusStore(layout.status_path)
+    if not store.path.exists():
+        print(f"molochain-workers: {store.path} does not exist", file=sys.stderr)
+        return EXIT_FAILURE
+    # Runs rewrite status.json while they hold the lock; taking it keeps a
+    # running backup from writing the old entries back.
+    lock = RunLock(layout.lock_path)
+    if not lock.acquire():
+        print(
+            "molochain-workers: a backup run is in progress; try again when it ends",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    try:
+        status = store.load()
+        missing = [name for name in args.names if name not in status.databases]
+        for name in args.names:
+            status.databases.pop(name, None)
+        store.save(status)
+    finally:
+        lock.release()
+    for name in args.names:
+        if name in missing:
+            print(f"{name}: not in {store.path}")
+            continue
+        print(
+            f"forgot {name}; its series leave the Pushgateway at the worker's next push"
+        )
+        if name in settings.backup_databases:
+            print(f"{name} is in BACKUP_DATABASES, so the next run records it again")
+    return EXIT_FAILURE if missing else EXIT_OK
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     settings = _settings()
     layout = Layout(settings.backup_dir)
@@ -259,6 +303,13 @@ def add_commands(commands: Any) -> None:
         help="print what retention would delete and why, and delete nothing",
     )
     prune.set_defaults(handler=cmd_prune)
+
+    forget = actions.add_parser(
+        "forget",
+        help="remove databases from status.json, such as a mistyped or dropped one",
+    )
+    forget.add_argument("names", nargs="+", metavar="NAME", help="a database name")
+    forget.set_defaults(handler=cmd_forget)
 
     restoring = actions.add_parser(
         "restore", help="restore a backup file into a database"

@@ -15,7 +15,7 @@ from handlers.backup import retention
 from handlers.backup.dump import Dumper
 from handlers.backup.errors import BackupError
 from handlers.backup.layout import BackupFile, Kind, Layout
-from handlers.backup.postgres import Connection, list_databases
+from handlers.backup.postgres import Connection, database_exists, list_databases
 from handlers.backup.settings import BackupSettings
 from handlers.backup.status import StatusStore
 from reactor import signals
@@ -146,6 +146,7 @@ class BackupJob:
         self.dumper.reset()
 
         names = requested or list(self.settings.backup_databases)
+        untracked = self._untracked(requested)
         if not names:
             try:
                 names = await list_databases(self.connection)
@@ -155,7 +156,8 @@ class BackupJob:
                 self._report(result)
                 return report
         for name in names:
-            report.results.append(await self.backup_database(name))
+            result = await self.backup_database(name, untracked=name in untracked)
+            report.results.append(result)
 
         if not requested and self.settings.backup_globals:
             await self.backup_globals()
@@ -170,8 +172,27 @@ class BackupJob:
         )
         return report
 
-    async def backup_database(self, database: str) -> BackupResult:
-        """Dump one database, record and report the outcome; prune after a success."""
+    def _untracked(self, requested: list[str] | None) -> set[str]:
+        """Return the requested databases that neither the settings nor the status name.
+
+        These were typed on the command line, so a name that does not exist
+        is a typing error, not a database whose backups stopped.
+        """
+        if not requested:
+            return set()
+        known = set(self.settings.backup_databases)
+        known.update(self.status_store.load().databases)
+        return set(requested) - known
+
+    async def backup_database(
+        self, database: str, *, untracked: bool = False
+    ) -> BackupResult:
+        """Dump one database, record and report the outcome; prune after a success.
+
+        With ``untracked``, a database that does not exist is logged as an
+        error but neither recorded in status.json nor alerted, so a mistyped
+        ``backup now --database`` leaves no metric that would never clear.
+        """
         moment = self.clock()
         started = time.monotonic()
         logger.info(
@@ -182,6 +203,9 @@ class BackupJob:
             self._add_links(backup)
         except BackupError as exc:
             result = self._failure(database, moment, time.monotonic() - started, exc)
+            if untracked and await self._is_missing(exc, database):
+                self._report_not_found(result)
+                return result
         else:
             result = BackupResult(
                 database=database,
@@ -254,6 +278,21 @@ class BackupJob:
                 },
             )
 
+    async def _is_missing(self, error: BackupError, database: str) -> bool:
+        # The server words its error in its own lc_messages, so the catalog,
+        # not the message, decides whether the database exists.
+        if error.step != "connect":
+            return False
+        return await database_exists(self.connection, database) is False
+
+    def _report_not_found(self, result: BackupResult) -> None:
+        logger.error(
+            "Backup failed: database %r does not exist. Check the name; nothing "
+            "was recorded in status.json",
+            result.database,
+            extra={**_failure_fields(result), "recorded": False},
+        )
+
     def _report(self, result: BackupResult) -> None:
         if result.succeeded:
             logger.info(
@@ -267,16 +306,7 @@ class BackupJob:
                 },
             )
         else:
-            logger.error(
-                "Backup failed",
-                extra={
-                    "event": "backup_failed",
-                    "database": result.database,
-                    "step": result.step,
-                    "error": result.error,
-                    "stderr": result.stderr,
-                },
-            )
+            logger.error("Backup failed", extra=_failure_fields(result))
         signals.publish(signals.backup_finished, self, result=result)
         if result.succeeded and not self.settings.backup_notify_success:
             return
@@ -365,6 +395,16 @@ class BackupJob:
         files = self.layout.globals_files()
         retention.apply(retention.plan_series(files, self.policy, moment))
         return backup
+
+
+def _failure_fields(result: BackupResult) -> dict[str, object]:
+    return {
+        "event": "backup_failed",
+        "database": result.database,
+        "step": result.step,
+        "error": result.error,
+        "stderr": result.stderr,
+    }
 
 
 def format_size(size: int) -> str:

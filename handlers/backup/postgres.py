@@ -68,6 +68,11 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def quote_literal(value: str) -> str:
+    """Quote an SQL string literal (standard_conforming_strings on)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
 def tail(text: str, lines: int = STDERR_TAIL_LINES) -> str:
     """Return the last non-empty lines of a program's output."""
     kept = [line for line in text.splitlines() if line.strip()]
@@ -191,6 +196,20 @@ async def list_databases(connection: Connection) -> list[str]:
             continue
         return [row[0] for row in rows]
     raise error or BackupError("list_databases", "no maintenance database to query")
+
+
+async def database_exists(connection: Connection, database: str) -> bool | None:
+    """Tell whether pg_database lists ``database``; None when no query succeeds."""
+    # The name is quoted as a literal, so it cannot change the statement.
+    literal = quote_literal(database)
+    sql = f"SELECT count(*) FROM pg_database WHERE datname = {literal}"  # noqa: S608
+    for maintenance in MAINTENANCE_DATABASES:
+        try:
+            rows = await query(connection, maintenance, sql)
+        except BackupError:
+            continue
+        return rows[0][0] != "0"
+    return None
 
 
 def parse_major(version_output: str) -> int:

@@ -16,6 +16,7 @@ from handlers.backup.postgres import (
     MAINTENANCE_DATABASES,
     Connection,
     conninfo_dbname,
+    database_exists,
     find_program,
     query,
     quote_ident,
@@ -39,11 +40,6 @@ SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relname
 """
 
 
-def quote_literal(value: str) -> str:
-    """Quote an SQL string literal (standard_conforming_strings on)."""
-    return "'" + value.replace("'", "''") + "'"
-
-
 async def _maintenance_query(connection: Connection, sql: str, step: str) -> None:
     error: BackupError | None = None
     for database in MAINTENANCE_DATABASES:
@@ -60,16 +56,12 @@ async def _maintenance_query(connection: Connection, sql: str, step: str) -> Non
 
 
 async def _database_exists(connection: Connection, database: str) -> bool:
-    # The name is quoted as a literal, so it cannot change the statement.
-    literal = quote_literal(database)
-    sql = f"SELECT count(*) FROM pg_database WHERE datname = {literal}"  # noqa: S608
-    for maintenance in MAINTENANCE_DATABASES:
-        try:
-            rows = await query(connection, maintenance, sql)
-        except BackupError:
-            continue
-        return rows[0][0] != "0"
-    raise BackupError("connect", "cannot connect to the postgres or template1 database")
+    exists = await database_exists(connection, database)
+    if exists is None:
+        raise BackupError(
+            "connect", "cannot connect to the postgres or template1 database"
+        )
+    return exists
 
 
 def find_globals(layout: Layout, backup: Path) -> Path:

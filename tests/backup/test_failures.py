@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from handlers.backup.job import RunLock
 from tests.backup.conftest import (
     SUPERUSER,
     AuthCluster,
@@ -438,3 +440,78 @@ def test_second_run_skipped_while_first_runs(
     assert len(first.events("backup_succeeded")) == 1
     dumps = [n for n in file_names(backup_dir / "daily") if n.endswith(".dump")]
     assert len(dumps) == 1
+
+
+def status_entries(backup_dir: Path) -> dict[str, Any]:
+    path = backup_dir / "status.json"
+    if not path.exists():
+        return {}
+    entries: dict[str, Any] = json.loads(path.read_text())["databases"]
+    return entries
+
+
+def test_mistyped_database_not_recorded(
+    pg: Postgres,
+    backup_cli: Cli,
+    backup_dir: Path,
+    slack: SlackReceiver,
+    pushgateway_url: str,
+    prefix: str,
+) -> None:
+    real = pg.create_database("typo")
+    typo = f"{real}_nope"
+
+    result = backup_cli("backup", "now", "--database", real, "--database", typo)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert '"recorded": false' in result.stdout
+    assert f"database {typo!r} does not exist" in result.stdout
+
+    entries = status_entries(backup_dir)
+    assert set(entries) == {real}
+    assert alerts_titled(slack, FAILURE_TITLE.format(typo)) == []
+    assert metric(pushgateway_url, "backup_last_status", prefix, typo) is None
+    assert metric(pushgateway_url, "backup_last_status", prefix, real) == 1.0
+
+
+def test_configured_missing_database_recorded(
+    pg: Postgres, backup_cli: Cli, backup_dir: Path, slack: SlackReceiver
+) -> None:
+    missing = f"{pg.create_database('conf')}_nope"
+    result = backup_cli(
+        "backup", "now", "--database", missing, BACKUP_DATABASES=missing
+    )
+    assert result.returncode == 1
+    assert status_entries(backup_dir)[missing]["last_status"] == 0
+    assert len(alerts_titled(slack, FAILURE_TITLE.format(missing))) == 1
+
+
+def test_forget_removes_status_entries(backup_cli: Cli, backup_dir: Path) -> None:
+    backup_dir.mkdir()
+    entry = {"last_status": 0, "failures_total": 1}
+    status = {"version": 1, "databases": {"shop": entry, "nope": entry}}
+    (backup_dir / "status.json").write_text(json.dumps(status))
+
+    result = backup_cli("backup", "forget", "nope", "never")
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[0].startswith("forgot nope;")
+    assert result.stdout.splitlines()[1] == f"never: not in {backup_dir}/status.json"
+    assert set(status_entries(backup_dir)) == {"shop"}
+
+    again = backup_cli("backup", "forget", "shop")
+    assert again.returncode == 0
+    assert status_entries(backup_dir) == {}
+
+
+def test_forget_waits_for_running_backup(backup_cli: Cli, backup_dir: Path) -> None:
+    backup_dir.mkdir()
+    status = {"version": 1, "databases": {"nope": {"last_status": 0}}}
+    (backup_dir / "status.json").write_text(json.dumps(status))
+    lock = RunLock(backup_dir / ".lock")
+    assert lock.acquire()
+    try:
+        result = backup_cli("backup", "forget", "nope")
+    finally:
+        lock.release()
+    assert result.returncode == 1
+    assert "a backup run is in progress" in result.stderr
+    assert set(status_entries(backup_dir)) == {"nope"}
