@@ -20,6 +20,10 @@ from tests.deploy.conftest import (
 
 WORKERS = ("backup-worker", "health-monitor")
 
+# Compose fixes the instance name that the workers would otherwise derive
+# from their host name, which in a container is the container ID.
+DEFAULT_INSTANCE = "molochain"
+
 # The backup worker's settings and their defaults, as the README lists them.
 BACKUP_DEFAULTS = {
     "BACKUP_SCHEDULE": "0 2 * * *",
@@ -61,6 +65,13 @@ def environment(config: Any, service: str) -> dict[str, str]:
 def without_secret_files(env: dict[str, str]) -> dict[str, str]:
     # The /run/secrets files exist only inside the container.
     return {key: value for key, value in env.items() if not key.endswith("_FILE")}
+
+
+def worker_defaults(env: dict[str, str]) -> dict[str, str]:
+    """Return the variables whose compose default is the worker's own default."""
+    found = without_secret_files(env)
+    assert found.pop("INSTANCE_NAME") == DEFAULT_INSTANCE
+    return found
 
 
 def mounts(config: Any, service: str) -> dict[str, dict[str, Any]]:
@@ -165,7 +176,7 @@ def test_monitor_defaults_match_settings(default_config: Any) -> None:
     env = environment(default_config, "health-monitor")
     for variable in variables(MonitorSettings):
         assert variable in env, f"{variable} is missing from health-monitor"
-    assert load(MonitorSettings, without_secret_files(env)) == load(MonitorSettings, {})
+    assert load(MonitorSettings, worker_defaults(env)) == load(MonitorSettings, {})
 
 
 def test_backup_defaults_match_readme(default_config: Any) -> None:
@@ -176,7 +187,7 @@ def test_backup_defaults_match_readme(default_config: Any) -> None:
         assert variable in env, f"{variable} is missing from backup-worker"
     # PGPASSWORD has no default, so both sides get the same one.
     password = {"PGPASSWORD": "compose-test"}
-    from_compose = load(BackupSettings, {**without_secret_files(env), **password})
+    from_compose = load(BackupSettings, {**worker_defaults(env), **password})
     assert from_compose == load(BackupSettings, password)
 
 
@@ -199,6 +210,23 @@ def test_example_env_accepted(example_config: Any) -> None:
     backup = environment(example_config, "backup-worker")
     for variable, default in BACKUP_DEFAULTS.items():
         assert backup.get(variable) == default, variable
+
+
+@pytest.mark.parametrize("source", ["defaults", "example"])
+def test_workers_share_fixed_instance(
+    default_config: Any, example_config: Any, source: str
+) -> None:
+    config = default_config if source == "defaults" else example_config
+    for service in WORKERS:
+        assert environment(config, service)["INSTANCE_NAME"] == DEFAULT_INSTANCE
+
+
+def test_instance_name_reaches_both_workers(tmp_path: Path) -> None:
+    env_file = tmp_path / "test.env"
+    env_file.write_text("INSTANCE_NAME=db-host-1\n", encoding="utf-8")
+    config = compose_config(env_file)
+    for service in WORKERS:
+        assert environment(config, service)["INSTANCE_NAME"] == "db-host-1"
 
 
 def test_example_env_covers_variables() -> None:
