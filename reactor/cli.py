@@ -52,6 +52,8 @@ async def _run_health_monitor(settings: MonitorSettings) -> int:
         await notifier.stop(settings.shutdown_timeout)
         if metrics is not None:
             await metrics.stop()
+        # Logged last, after the alerts and the final push.
+        logger.info("Health monitor stopped", extra={"event": "stopped"})
     return EXIT_OK
 
 

@@ -214,7 +214,7 @@ class HealthMonitor:
             self._close_stream()
             saver.cancel()
             self._save()
-            logger.info("Health monitor stopped", extra={"event": "stopped"})
+            logger.info("Events stream closed", extra={"event": "stream_closed"})
 
     # -- connection ------------------------------------------------------
 

@@ -22,9 +22,14 @@ log() { printf 'test-env: %s\n' "$*" >&2; }
 APT_PACKAGES=(curl docker.io busybox-static prometheus-pushgateway prometheus docker-compose
               postgresql postgresql-client debootstrap)
 
+# What scripts/run.sh needs: no linters, no Prometheus, no image builds.
+RUN_APT_PACKAGES=(curl docker.io busybox-static prometheus-pushgateway postgresql
+                  postgresql-client)
+
+# Arguments: the Debian packages to have installed.
 install_packages() {
     local missing=()
-    for package in "${APT_PACKAGES[@]}"; do
+    for package in "$@"; do
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
             || missing+=("$package")
     done
@@ -36,19 +41,34 @@ install_packages() {
     fi
 }
 
+# Arguments: "test" to add the test dependencies, "run" for the workers only.
 setup_venv() {
+    local purpose=$1
     if [ ! -x "$VENV/bin/python" ]; then
         log "creating $VENV"
         "$PYTHON" -m venv "$VENV"
     fi
-    local stamp="$VENV/.installed-$(sha256sum "$REPO_ROOT/pyproject.toml" | cut -c1-16)"
-    if [ ! -f "$stamp" ]; then
-        log "installing the project and its test dependencies"
-        "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
-        "$VENV/bin/pip" install -q -e "$REPO_ROOT[test]" >/dev/null
-        rm -f "$VENV"/.installed-*
-        touch "$stamp"
+    local hash
+    hash=$(sha256sum "$REPO_ROOT/pyproject.toml" | cut -c1-16)
+    # A test install includes everything a run needs.
+    if [ -f "$VENV/.installed-test-$hash" ] || [ -f "$VENV/.installed-$purpose-$hash" ]; then
+        return 0
     fi
+    local target="$REPO_ROOT"
+    if [ "$purpose" = test ]; then
+        target="$REPO_ROOT[test]"
+        log "installing the project and its test dependencies"
+    else
+        log "installing the project"
+    fi
+    "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
+    # pip's build warnings are noise here; its output is shown only on failure.
+    if ! "$VENV/bin/pip" install -q -e "$target" >"$VENV/pip-install.log" 2>&1; then
+        cat "$VENV/pip-install.log" >&2
+        return 1
+    fi
+    rm -f "$VENV"/.installed-*
+    touch "$VENV/.installed-$purpose-$hash"
 }
 
 # Start a dockerd on its own socket, data root and exec root. Arguments: the
@@ -188,9 +208,25 @@ YAML
     return 1
 }
 
+# MOLO_ENV_PURPOSE=run (set by scripts/run.sh) starts only what the workers
+# need; MOLO_NEED_DOCKERD=0 skips the private dockerd too.
 main() {
-    install_packages
-    setup_venv
+    if [ "${MOLO_ENV_PURPOSE:-test}" = run ]; then
+        install_packages "${RUN_APT_PACKAGES[@]}"
+        setup_venv run
+        if [ "${MOLO_NEED_DOCKERD:-1}" = 1 ]; then
+            start_dockerd "$MOLO_TEST_ROOT/docker"
+            build_test_image "$MOLO_TEST_ROOT/docker/docker.sock" "$MOLO_TEST_IMAGE"
+        fi
+        start_postgres
+        start_pushgateway "$MOLO_TEST_PUSHGATEWAY_PORT"
+        export MOLO_TEST_ROOT MOLO_TEST_IMAGE
+        export MOLO_TEST_DOCKER_HOST="unix://$MOLO_TEST_ROOT/docker/docker.sock"
+        export MOLO_TEST_PUSHGATEWAY="http://127.0.0.1:$MOLO_TEST_PUSHGATEWAY_PORT"
+        return 0
+    fi
+    install_packages "${APT_PACKAGES[@]}"
+    setup_venv test
     start_dockerd "$MOLO_TEST_ROOT/docker"
     build_test_image "$MOLO_TEST_ROOT/docker/docker.sock" "$MOLO_TEST_IMAGE"
     # Only the image build tests need it, so the other tests still run without it.
