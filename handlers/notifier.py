@@ -224,15 +224,15 @@ class Notifier:
         for queue in self.queues:
             left = await queue.stop(deadline)
             if left:
-                kept = self.outbox.path is not None
+                saved = self.outbox.path is not None
                 logger.error(
                     "Alerts not delivered before shutdown%s",
-                    "; kept for the next start" if kept else "",
+                    "; kept for the next start" if saved else "",
                     extra={
                         "event": "alerts_abandoned",
                         "channel": queue.channel.name,
                         "count": left,
-                        "kept": kept,
+                        "kept": saved,
                     },
                 )
         await self.outbox.stop()

@@ -1,8 +1,8 @@
 """Alerts accepted but not yet delivered, kept on disk until they are.
 
-Without it, an alert still queued when the worker stops (a Slack outage
-longer than the shutdown grace, or a SIGKILL) would be lost, while the state
-that caused it is already saved, so a restarted worker would never send it.
+An alert can still be queued when the worker stops, after a Slack outage
+longer than the shutdown grace or a SIGKILL. The state that caused it is
+already saved, so without the outbox a restarted worker would never send it.
 """
 
 from __future__ import annotations

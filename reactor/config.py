@@ -280,7 +280,7 @@ def _describe(
     )
     shown = MASK if name in secrets else repr(values.get(name, ""))
     if error.get("type") == "string_pattern_mismatch":
-        # pydantic's text quotes the regular expression; the hint says it better.
+        # pydantic's text quotes the regular expression, which the hint replaces.
         message = "not in the accepted form"
     reason = message[:1].lower() + message[1:]
     return f"{variable}={shown} is invalid: {reason}; set it to {hint}"

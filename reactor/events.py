@@ -54,7 +54,7 @@ class ContainerEvent:
     action: str
     """The action without detail: ``die``, ``health_status``, ``start``..."""
     detail: str
-    """What follows the colon in the raw action, such as ``unhealthy``."""
+    """Text after the colon in the raw action, such as ``unhealthy``."""
     container_id: str
     name: str
     image: str
@@ -150,7 +150,7 @@ class UndecodableLine:
 
 
 MAX_LINE_BYTES = 1 << 20
-"""Longest line kept while waiting for its newline; a longer one is dropped."""
+"""Maximum bytes of a line awaiting its newline; longer lines are dropped."""
 
 
 def _decode_line(line: bytes) -> dict[str, Any] | UndecodableLine | None:
@@ -189,9 +189,9 @@ def split_lines(
 class RecentEvents:
     """Keys of the events applied most recently, to drop those a replay repeats.
 
-    The daemon may deliver an event up to a fraction of a millisecond older
-    than one it delivered before, and its clock may step back, so "older than
-    the newest seen" cannot tell a repeat from a new event; the key can.
+    The daemon may deliver an event a fraction of a millisecond older than
+    one it delivered before, and its clock may step back. So "older than the
+    newest seen" cannot tell a repeat from a new event, but the key can.
     """
 
     def __init__(self, capacity: int = 8192) -> None:

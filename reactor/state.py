@@ -25,7 +25,7 @@ class Health(enum.StrEnum):
 
 
 class AlertKind(enum.StrEnum):
-    """Why a transition deserves a message."""
+    """Reason a transition is announced."""
 
     DOWN = "down"
     DEGRADED = "degraded"
@@ -36,7 +36,7 @@ class AlertKind(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """What one event or one listing says about a container right now."""
+    """A container's state as one event or one listing shows it."""
 
     name: str
     health: Health
@@ -52,7 +52,7 @@ class Observation:
 
 @dataclass(slots=True)
 class ContainerState:
-    """What the monitor remembers about one container between events and restarts."""
+    """The monitor's record of one container, kept between events and restarts."""
 
     name: str
     health: Health
@@ -240,7 +240,7 @@ class StateMachine:
             self._looping.discard(name)
 
     def rename(self, old: str, new: str, keep: bool, now: float) -> list[Transition]:
-        """Move a renamed container's state; ``keep`` tells if ``new`` is watched."""
+        """Move a renamed container's state; ``keep`` is whether ``new`` is watched."""
         state = self.states.pop(old, None)
         self._looping.discard(old)
         if state is None:

@@ -2,7 +2,7 @@
 # Set up the project and run the health monitor and the backup worker against
 # the local Docker engine, in the foreground, until Ctrl-C or SIGTERM.
 #
-# The engine is $DOCKER_HOST if set, else /var/run/docker.sock if it answers,
+# The engine is $DOCKER_HOST if set, else /var/run/docker.sock if it responds,
 # else a private loopback-only dockerd under /tmp/molochain-test (as in the
 # tests). The script also starts, if missing, PostgreSQL and a Pushgateway on
 # 127.0.0.1:19091 for the workers to back up and report to. Installing Debian
