@@ -344,6 +344,9 @@ class BackupJob:
         )
 
     def _prune(self, database: str, now: datetime) -> None:
+        # NOTE: retention trusts the clock. One run with a clock far ahead
+        # deletes every backup past its limit except the BACKUP_KEEP_MIN
+        # newest, and nothing here checks the time against older backups.
         try:
             deletions = retention.plan(self.layout, self.policy, now, database)
             retention.apply(deletions)
