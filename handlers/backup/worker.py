@@ -222,7 +222,10 @@ async def reporting(
     from handlers.channels import build_channels
     from handlers.notifier import Notifier
 
-    notifier = Notifier(build_channels(settings))
+    # Only the long-running worker keeps undelivered alerts for its next
+    # start: a one-off command and the worker would otherwise share the file.
+    outbox = None if one_off else settings.backup_dir / "outbox.json"
+    notifier = Notifier(build_channels(settings), outbox_path=outbox)
     notifier.start()
     metrics = None
     if settings.prometheus_pushgateway:

@@ -365,3 +365,42 @@ def test_sigterm_abandons_dump_cleanly(
     assert len(worker.events("backup_abandoned")) == 1
     assert worker.events("backup_failed") == []
     assert file_names(backup_dir / "daily") == set()
+
+
+@pytest.mark.postgres
+def test_worker_keeps_undelivered_alert(
+    pg: Postgres, backup_env: dict[str, str], backup_dir: Path, slack: SlackReceiver
+) -> None:
+    database = pg.create_database("outbox")
+    now = datetime.now(UTC)
+    due = now - timedelta(hours=2)
+    write_schedule(backup_dir, now - timedelta(days=5), now - timedelta(days=1))
+    env = {
+        **backup_env,
+        "BACKUP_DATABASES": database,
+        "BACKUP_SCHEDULE": f"{due.minute} {due.hour} * * *",
+        "BACKUP_MISFIRE_GRACE": "3600",
+        "SHUTDOWN_TIMEOUT": "1",
+    }
+    slack.respond_always(503)
+    worker = WorkerProcess(["backup-worker"], env).start()
+    try:
+        worker.wait_event("alert_retry")
+        assert worker.stop() == 0
+    finally:
+        worker.kill()
+    saved = json.loads((backup_dir / "outbox.json").read_text())
+    [entry] = saved["entries"]
+    assert entry["channel"] == "slack"
+    assert entry["alert"]["title"] == "Scheduled backup missed"
+
+    slack.respond_always(200)
+    again = WorkerProcess(["backup-worker"], env).start()
+    try:
+        wait_for(lambda: len(slack.accepted) == 1, what="the kept alert")
+        assert again.stop() == 0
+    finally:
+        again.kill()
+    assert again.events("outbox_resend")[0]["count"] == 1
+    assert again.events("run_missed") == []
+    assert json.loads((backup_dir / "outbox.json").read_text())["entries"] == []
