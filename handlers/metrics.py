@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, push_to_gateway, pushadd_to_gateway
@@ -25,7 +26,43 @@ from reactor.state import ContainerState, Health
 logger = logging.getLogger(__name__)
 
 PUSH_TIMEOUT = 10.0
+"""Seconds for a whole push. urllib's own timeout applies to each socket read,
+so a gateway that trickles its answer would hold a push without it."""
+FINAL_PUSH_TIMEOUT = 3.0
+"""Seconds the last push at shutdown may take on top of the alerts' grace."""
 RETRY_MAX_WAIT = 30.0
+
+
+async def run_with_deadline(
+    func: Callable[[], None], seconds: float, name: str
+) -> None:
+    """Run blocking ``func`` on a daemon thread; raise TimeoutError after ``seconds``.
+
+    A thread of asyncio's default executor that is still blocked when the
+    worker exits would hold the exit until it ends; a daemon thread does not.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            func()
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop has closed
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    await asyncio.wait_for(future, timeout=seconds)
 
 
 class Pusher:
@@ -82,7 +119,7 @@ class Pusher:
             await self._wanted.wait()
             self._wanted.clear()
             try:
-                await asyncio.to_thread(self.push_now)
+                await run_with_deadline(self.push_now, PUSH_TIMEOUT, f"push-{self.job}")
             except Exception as exc:  # noqa: BLE001 - any push failure is retried
                 failures_in_row += 1
                 self.failures += 1
@@ -94,7 +131,7 @@ class Pusher:
                         "job": self.job,
                         "attempt": failures_in_row,
                         "retry_in_seconds": delay,
-                        "error": str(exc),
+                        "error": str(exc) or type(exc).__name__,
                     },
                 )
                 # A new request ends the wait early; either way push again.
@@ -122,11 +159,17 @@ class Pusher:
                 await self._task
         if final_push:
             try:
-                await asyncio.to_thread(self.push_now)
+                await run_with_deadline(
+                    self.push_now, FINAL_PUSH_TIMEOUT, f"push-{self.job}"
+                )
             except Exception as exc:  # noqa: BLE001 - the worker is exiting anyway
                 logger.warning(
                     "Final Pushgateway push failed",
-                    extra={"event": "push_failed", "job": self.job, "error": str(exc)},
+                    extra={
+                        "event": "push_failed",
+                        "job": self.job,
+                        "error": str(exc) or type(exc).__name__,
+                    },
                 )
 
 

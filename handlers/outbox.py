@@ -11,11 +11,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from reactor.alerts import Alert
+from reactor.errors import ConfigError
 from reactor.store import write_atomic
 
 logger = logging.getLogger(__name__)
@@ -39,7 +41,18 @@ class Outbox:
         if self.path is None:
             return []
         try:
-            data = json.loads(self.path.read_bytes())
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise ConfigError(
+                f"outbox {str(self.path)!r} cannot be read ({exc.strerror}); "
+                "remove it or fix its permissions"
+            ) from exc
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise TypeError("not a JSON object")
             if data.get("version") != OUTBOX_VERSION:
                 raise ValueError(f"unknown version {data.get('version')!r}")
             entries = [
@@ -50,10 +63,14 @@ class Outbox:
                 )
                 for entry in data.get("entries", [])
             ]
-        except FileNotFoundError:
-            return []
-        except (ValueError, KeyError, TypeError) as exc:
-            aside = self.path.with_name(self.path.name + ".unreadable")
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            ArithmeticError,
+        ) as exc:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             self.path.replace(aside)
             logger.error(
                 "Outbox is unreadable; moved it aside",

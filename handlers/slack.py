@@ -11,6 +11,8 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -192,10 +194,17 @@ class SlackChannel(Channel):
 
 def _retry_after(value: str | None) -> float:
     """Return Slack's Retry-After in seconds; 1 s when it is missing or not a number."""
-    try:
-        seconds = float(value) if value is not None else 1.0
-    except ValueError:
+    if value is None:
         return 1.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        # RFC 9110 also allows an HTTP date.
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return 1.0
+        seconds = (when - datetime.now(UTC)).total_seconds()
     if not math.isfinite(seconds):
         return 1.0
     return max(seconds, 0.0)

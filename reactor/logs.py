@@ -7,6 +7,7 @@ import logging
 import logging.handlers
 import re
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -35,6 +36,35 @@ class _WorkerFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.worker = self.worker
         return True
+
+
+class _RotatingFile(logging.handlers.RotatingFileHandler):
+    """Rotating log file that reports its own write failures as one JSON line.
+
+    The standard handler prints a traceback to stderr on every failed record,
+    which on a full disk buries the worker's own output.
+    """
+
+    REPORT_INTERVAL = 60.0
+
+    _last_report = -REPORT_INTERVAL
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        now = time.monotonic()
+        if now - self._last_report < self.REPORT_INTERVAL:
+            return
+        self._last_report = now
+        error = sys.exc_info()[1]
+        line = {
+            "level": "ERROR",
+            "logger": __name__,
+            "message": "Writing the log file failed; further failures are "
+            f"reported at most every {self.REPORT_INTERVAL:g} s",
+            "event": "log_write_failed",
+            "path": self.baseFilename,
+            "error": str(error),
+        }
+        sys.stderr.write(json.dumps(line) + "\n")
 
 
 class MaskingJsonFormatter(JsonFormatter):
@@ -98,7 +128,7 @@ def setup_logging(
         try:
             log_file.parent.mkdir(parents=True, exist_ok=True)
             handlers.append(
-                logging.handlers.RotatingFileHandler(
+                _RotatingFile(
                     log_file,
                     maxBytes=LOG_FILE_MAX_BYTES,
                     backupCount=LOG_FILE_BACKUPS,

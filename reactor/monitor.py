@@ -61,6 +61,7 @@ DOCKER_ERRORS: tuple[type[BaseException], ...] = (
 RECONNECT_MAX_WAIT = 30.0
 PROBE_OUTPUT_MAX = 500
 STATE_SAVE_INTERVAL = 0.05
+STATE_RETRY_MAX_WAIT = 30.0
 REPLAY_OVERLAP_NANO = 2_000_000_000
 """How far before the newest event a replay starts. The daemon stamps an event
 before it takes its publishing lock, so it may deliver an event slightly older
@@ -169,6 +170,7 @@ class HealthMonitor:
         """Newest ``timeNano`` applied: the replay after a reconnect starts near it."""
         self._recent = RecentEvents()
         self._observed_from = 0
+        self._save_failing = False
         """Daemon time since when every event was seen; earlier ones, though
         inside the replay overlap, are reflected by the listing instead."""
         self._next_reconcile = 0.0
@@ -621,13 +623,21 @@ class HealthMonitor:
     # -- persistence -----------------------------------------------------
 
     async def _save_loop(self) -> None:
+        failures = 0
         while True:
             await self._dirty.wait()
             self._dirty.clear()
             # Encode on the loop, where the states cannot change underneath,
             # and write in a thread so fsync never stalls the events.
-            await asyncio.to_thread(self._write, self._encode())
-            await asyncio.sleep(STATE_SAVE_INTERVAL)
+            if await asyncio.to_thread(self._write, self._encode()):
+                failures = 0
+                await asyncio.sleep(STATE_SAVE_INTERVAL)
+                continue
+            # A full disk or a lost mount: try again, or a restart would
+            # repeat every alert raised since the last good save.
+            failures += 1
+            self._dirty.set()
+            await asyncio.sleep(min(STATE_RETRY_MAX_WAIT, 0.5 * 2 ** min(failures, 6)))
 
     def _encode(self) -> bytes:
         recent = self._recent.since(self._position - REPLAY_OVERLAP_NANO)
@@ -643,10 +653,11 @@ class HealthMonitor:
     def _save(self) -> None:
         self._write(self._encode())
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes) -> bool:
         try:
             self.store.write(data)
         except OSError as exc:
+            self._save_failing = True
             logger.error(
                 "Saving the state file failed",
                 extra={
@@ -655,8 +666,20 @@ class HealthMonitor:
                     "error": str(exc),
                 },
             )
+            return False
+        if self._save_failing:
+            logger.info(
+                "Saving the state file works again",
+                extra={"event": "state_save_recovered", "path": str(self.store.path)},
+            )
+        self._save_failing = False
+        return True
 
     def _touch_heartbeat(self) -> None:
+        if self._save_failing:
+            # The healthcheck then reports the worker unhealthy: it cannot
+            # keep the state that stops a restart from repeating alerts.
+            return
         try:
             self.heartbeat_path.write_text(f"{time.time():.3f}\n", encoding="utf-8")
         except OSError as exc:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reactor.errors import ConfigError
 from reactor.state import ContainerState
 
 logger = logging.getLogger(__name__)
@@ -34,11 +36,18 @@ class Snapshot:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data``; readers see the old or the new file, not half."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    """Replace ``path`` with ``data``; readers see the old or the new file, not half.
+
+    The temporary file gets a random name and is created exclusively, so a
+    file or symlink planted under a predictable name is never written through.
+    """
+    descriptor, temporary_name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+    )
+    temporary = Path(temporary_name)
     try:
         with os.fdopen(descriptor, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -69,6 +78,11 @@ class StateStore:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return Snapshot()
+        except OSError as exc:
+            raise ConfigError(
+                f"state file {str(self.path)!r} cannot be read ({exc.strerror}); "
+                "remove it or fix its permissions"
+            ) from exc
         try:
             data = json.loads(raw)
             if data.get("version") != STATE_VERSION:
@@ -87,7 +101,13 @@ class StateStore:
                 observed_from_nano=int(data.get("observed_from_nano", 0)),
                 recent_keys=recent,
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            ArithmeticError,
+        ) as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             os.replace(self.path, aside)
             logger.error(

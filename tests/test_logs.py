@@ -85,3 +85,27 @@ def test_webhook_path_is_masked(capsys: pytest.CaptureFixture[str]) -> None:
     assert "XyZsecretToken" not in out
     assert "Cannot POST ***" in out
     logging.getLogger().handlers.clear()
+
+
+def test_log_file_failure_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log_file = tmp_path / "worker.log"
+    setup_logging("health-monitor", "INFO", log_file)
+    try:
+        [handler] = [
+            h for h in logging.getLogger().handlers if hasattr(h, "baseFilename")
+        ]
+        assert isinstance(handler, logging.FileHandler)
+        assert handler.stream is not None
+        handler.stream.close()
+        logging.getLogger("test").info("first")
+        logging.getLogger("test").info("second")
+    finally:
+        logging.getLogger().handlers.clear()
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 1
+    report = json.loads(errors[0])
+    assert report["event"] == "log_write_failed"
+    assert report["path"] == str(log_file)
+    assert "Traceback" not in errors[0]

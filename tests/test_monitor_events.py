@@ -6,6 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from reactor.config import MonitorSettings, load
 from reactor.events import UndecodableLine
 from reactor.monitor import HealthMonitor, daemon_time
@@ -138,3 +140,34 @@ def test_unselected_saved_states_are_forgotten(tmp_path: Path) -> None:
 
     asyncio.run(run_until_connect())
     assert set(second.machine.states) == {"db"}
+
+
+def test_failed_state_save_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = monitor(tmp_path)
+    real_write = target.store.write
+    attempts: list[int] = []
+
+    def flaky_write(data: bytes) -> None:
+        attempts.append(len(data))
+        if len(attempts) == 1:
+            raise OSError(28, "No space left on device")
+        real_write(data)
+
+    monkeypatch.setattr(target.store, "write", flaky_write)
+
+    async def run() -> None:
+        saver = asyncio.create_task(target._save_loop())
+        await target._handle_raw(raw("start", "web", T0))
+        target._dirty.set()
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if len(attempts) >= 2:
+                break
+        saver.cancel()
+
+    asyncio.run(run())
+    assert len(attempts) == 2
+    assert "web" in target.store.load().containers
+    assert target._save_failing is False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -368,3 +370,66 @@ def test_alert_survives_sigkill(
     [down] = slack.attachments()
     assert down["title"].endswith(f"Container {name} is down")
     assert second.stop() == 0
+
+
+class TricklingServer:
+    """Accept HTTP requests and answer one byte every half second, forever."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.closing = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closing.is_set():
+            try:
+                connection, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(
+                target=self._trickle, args=(connection,), daemon=True
+            ).start()
+
+    def _trickle(self, connection: socket.socket) -> None:
+        with connection:
+            connection.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 10_000:
+                if self.closing.wait(0.5):
+                    return
+                try:
+                    connection.send(bytes([byte]))
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        self.closing.set()
+        self.sock.close()
+
+
+@pytest.mark.slow
+def test_trickling_pushgateway_bounds_shutdown(
+    containers: Containers,
+    monitor_env: dict[str, str],
+    start_monitor: StartMonitor,
+    slack: SlackReceiver,
+) -> None:
+    server = TricklingServer()
+    try:
+        name = containers.run("svc")
+        env = {
+            **monitor_env,
+            "PROMETHEUS_PUSHGATEWAY": f"http://127.0.0.1:{server.port}",
+            "SHUTDOWN_TIMEOUT": "2",
+        }
+        worker = start_monitor(env)
+        containers.api.kill(name)
+        wait_attachments(slack, 1)
+        # A push has no end of its own here; the deadline ends it.
+        [retry] = worker.wait_event("push_retry", timeout=20)[:1]
+        assert retry["error"] == "TimeoutError"
+        assert worker.stop(timeout=15) == 0
+        assert worker.events("push_failed")
+        assert worker.events("stopped")
+    finally:
+        server.close()

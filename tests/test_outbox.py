@@ -6,8 +6,11 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from handlers.outbox import Outbox
 from reactor.alerts import Alert, AlertType
+from reactor.errors import ConfigError
 
 
 def alert(subject: str) -> Alert:
@@ -50,11 +53,31 @@ def test_pending_alerts_survive(tmp_path: Path) -> None:
     assert again.add("slack", alert("api")) > entry_id
 
 
-def test_unreadable_outbox_is_moved_aside(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{broken",
+        "null",
+        "[1, 2]",
+        '{"version": 1, "entries": [{"id": Infinity, "channel": "slack"}]}',
+        '{"version": 1, "entries": [{"id": 1, "channel": "slack", "alert": {}}]}',
+    ],
+)
+def test_unreadable_outbox_is_moved_aside(tmp_path: Path, content: str) -> None:
     path = tmp_path / "outbox.json"
-    path.write_text("{broken")
+    path.write_text(content)
     assert Outbox(path).load() == []
-    assert (tmp_path / "outbox.json.unreadable").read_text() == "{broken"
+    [aside] = [
+        p for p in tmp_path.iterdir() if p.name.startswith("outbox.json.corrupt-")
+    ]
+    assert aside.read_text() == content
+    assert not path.exists()
+
+
+def test_outbox_that_is_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "outbox.json").mkdir()
+    with pytest.raises(ConfigError, match="cannot be read"):
+        Outbox(tmp_path / "outbox.json").load()
 
 
 def test_outbox_without_path_keeps_nothing(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import httpx
 import pytest
@@ -84,6 +86,13 @@ def test_batch_is_summarised_not_dropped() -> None:
 )
 def test_retry_after_is_finite(header: str | None, expected: float) -> None:
     assert _retry_after(header) == expected
+
+
+def test_retry_after_http_date() -> None:
+    later = datetime.now(UTC) + timedelta(seconds=30)
+    seconds = _retry_after(format_datetime(later, usegmt=True))
+    assert 28 <= seconds <= 30
+    assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
 
 
 def test_rejection_reason_hides_webhook_path() -> None:
