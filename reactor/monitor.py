@@ -388,19 +388,21 @@ class HealthMonitor:
 
             if item is _STOP:
                 return
-            if isinstance(item, StreamEnded):
-                self.stats.reconnects += 1
-                logger.warning(
-                    "Docker events stream ended, reconnecting",
-                    extra={
-                        "event": "stream_ended",
-                        "error": str(item.error) if item.error else None,
-                    },
-                )
-                self._close_stream()
-                return
-            if item is not None:
-                await self._handle_raw(item)
+            for entry in item if isinstance(item, list) else ():
+                if isinstance(entry, StreamEnded):
+                    self.stats.reconnects += 1
+                    logger.warning(
+                        "Docker events stream ended, reconnecting",
+                        extra={
+                            "event": "stream_ended",
+                            "error": str(entry.error) if entry.error else None,
+                        },
+                    )
+                    self._close_stream()
+                    return
+                await self._handle_raw(entry)
+            if isinstance(item, list) and self._reader is not None:
+                self._reader.processed(len(item))
 
             if stable_at is not None and time.time() >= stable_at:
                 await self._announce_all(self.machine.check_stable(time.time()))
