@@ -123,8 +123,24 @@ def format_since(time_nano: int) -> str:
     return f"{seconds}.{nanos:09d}"
 
 
+def event_filters(names: list[str] | None = None) -> dict[str, list[str]]:
+    """Return the server-side filters, narrowed to ``names`` when given.
+
+    With exact names the Engine drops other containers' events before they
+    reach the process; globs cannot be expressed as an Engine filter.
+    """
+    filters = dict(EVENT_FILTERS)
+    if names:
+        filters["container"] = list(names)
+    return filters
+
+
 def open_events(
-    api: docker.APIClient, *, since: str | None, until: str | None = None
+    api: docker.APIClient,
+    *,
+    since: str | None,
+    until: str | None = None,
+    names: list[str] | None = None,
 ) -> CancellableStream[Any]:
     """Open the filtered events stream as raw chunks; :func:`split_lines` decodes it.
 
@@ -136,7 +152,7 @@ def open_events(
     stream: CancellableStream[Any] = api.events(
         since=cast(Any, since),
         until=cast(Any, until),
-        filters=EVENT_FILTERS,
+        filters=event_filters(names),
         decode=False,
     )
     return stream

@@ -294,7 +294,10 @@ class HealthMonitor:
         await self._reconcile()
 
         stream = await asyncio.to_thread(
-            open_events, self._require(self._stream_api), since=f"{until:.9f}"
+            open_events,
+            self._require(self._stream_api),
+            since=f"{until:.9f}",
+            names=self._exact_names(),
         )
         loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue()
@@ -311,6 +314,12 @@ class HealthMonitor:
                 "host": self.host,
             },
         )
+
+    def _exact_names(self) -> list[str] | None:
+        """Return the selected names when every selector is an exact name."""
+        selectors = self.settings.containers_to_monitor
+        explicit = self.settings.explicit_names
+        return explicit if selectors and len(explicit) == len(selectors) else None
 
     def _replay_start(self, daemon_now: float) -> int:
         """Return where to replay from: a little before the newest event applied.
@@ -338,6 +347,7 @@ class HealthMonitor:
             self._require(self._stream_api),
             since=format_since(since_nano),
             until=f"{until:.9f}",
+            names=self._exact_names(),
         )
         try:
             return list(split_lines(stream))

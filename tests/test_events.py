@@ -11,6 +11,7 @@ from reactor.events import (
     MalformedEventError,
     RecentEvents,
     UndecodableLine,
+    event_filters,
     format_since,
     parse_event,
     split_lines,
@@ -121,3 +122,11 @@ def test_recent_events_is_bounded() -> None:
     assert (0, "c", "die") not in recent
     assert (4, "c", "die") in recent
     assert recent.since(3) == [(3, "c", "die"), (4, "c", "die")]
+
+
+def test_event_filters_narrow_to_exact_names() -> None:
+    assert "container" not in event_filters()
+    narrowed = event_filters(["web", "db"])
+    assert narrowed["container"] == ["web", "db"]
+    assert narrowed["type"] == ["container"]
+    assert "exec_create" not in narrowed["event"]

@@ -192,3 +192,24 @@ def test_simultaneous_kills_all_reported(
     assert len(titles) == 20
     assert all(title.endswith("is down") for title in titles)
     assert worker.stop() == 0
+
+
+def test_exact_names_filtered_by_engine(
+    containers: Containers,
+    monitor_env: dict[str, str],
+    start_monitor: StartMonitor,
+    slack: SlackReceiver,
+) -> None:
+    watched = containers.run("watched")
+    other = containers.run("other")
+    worker = start_monitor({**monitor_env, "CONTAINERS_TO_MONITOR": watched})
+    containers.api.kill(other)
+    containers.api.kill(watched)
+    [down] = wait_attachments(slack, 1)
+    assert down["title"].endswith(f"Container {watched} is down")
+    settle(1.0)
+    assert len(slack.attachments()) == 1
+    # The Engine filtered the other container's events out.
+    names = {line["container"] for line in worker.events("transition")}
+    assert names == {watched}
+    assert worker.stop() == 0
