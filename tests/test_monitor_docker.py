@@ -209,7 +209,21 @@ def test_exact_names_filtered_by_engine(
     assert down["title"].endswith(f"Container {watched} is down")
     settle(1.0)
     assert len(slack.attachments()) == 1
-    # The Engine filtered the other container's events out.
     names = {line["container"] for line in worker.events("transition")}
     assert names == {watched}
+    # The Engine filtered the other container's kill and die out: only the
+    # watched container's two events reached the process.
+    gateway = monitor_env["PROMETHEUS_PUSHGATEWAY"]
+    instance = monitor_env["INSTANCE_NAME"]
+
+    def events_seen() -> float | None:
+        samples = read_samples(
+            gateway,
+            "health_monitor_events_total",
+            job="health-monitor",
+            instance=instance,
+        )
+        return samples.get("")
+
+    wait_for(lambda: events_seen() == 2.0, what="two events counted")
     assert worker.stop() == 0
