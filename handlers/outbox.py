@@ -11,14 +11,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from reactor.alerts import Alert
 from reactor.errors import ConfigError
-from reactor.store import write_atomic
+from reactor.store import CORRUPT_ERRORS, move_aside, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -63,15 +62,8 @@ class Outbox:
                 )
                 for entry in data.get("entries", [])
             ]
-        except (
-            ValueError,
-            KeyError,
-            TypeError,
-            AttributeError,
-            ArithmeticError,
-        ) as exc:
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            self.path.replace(aside)
+        except CORRUPT_ERRORS as exc:
+            aside = move_aside(self.path)
             logger.error(
                 "Outbox is unreadable; moved it aside",
                 extra={

@@ -62,6 +62,17 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.close(directory)
 
 
+CORRUPT_ERRORS = (ValueError, KeyError, TypeError, AttributeError, ArithmeticError)
+"""What reading a saved JSON file of the wrong shape or values can raise."""
+
+
+def move_aside(path: Path) -> Path:
+    """Rename an unreadable file to ``NAME.corrupt-TIME``, keeping it for a look."""
+    aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    os.replace(path, aside)
+    return aside
+
+
 class StateStore:
     """Load and save a :class:`Snapshot` as JSON."""
 
@@ -101,15 +112,8 @@ class StateStore:
                 observed_from_nano=int(data.get("observed_from_nano", 0)),
                 recent_keys=recent,
             )
-        except (
-            ValueError,
-            KeyError,
-            TypeError,
-            AttributeError,
-            ArithmeticError,
-        ) as exc:
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            os.replace(self.path, aside)
+        except CORRUPT_ERRORS as exc:
+            aside = move_aside(self.path)
             logger.error(
                 "State file is unreadable; moved it aside, starting from a listing",
                 extra={
