@@ -14,7 +14,7 @@ from typing import Any
 
 from handlers.backup import retention
 from handlers.backup.dump import verify
-from handlers.backup.errors import BackupError
+from handlers.backup.errors import BackupError, SymlinkError
 from handlers.backup.job import (
     BackupJob,
     RunLock,
@@ -148,7 +148,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if not deletions:
         print("nothing to delete")
     if not args.dry_run:
-        retention.apply(deletions)
+        retention.apply(layout, deletions)
     return EXIT_OK
 
 
@@ -164,7 +164,12 @@ def cmd_forget(args: argparse.Namespace) -> int:
     # Runs rewrite status.json while they hold the lock; taking it keeps a
     # running backup from writing the old entries back.
     lock = RunLock(layout.lock_path)
-    if not lock.acquire():
+    try:
+        acquired = lock.acquire()
+    except SymlinkError as exc:
+        print(f"molochain-workers: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not acquired:
         print(
             "molochain-workers: a backup run is in progress; try again when it ends",
             file=sys.stderr,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from handlers.backup import retention
 from handlers.backup.dump import Dumper
-from handlers.backup.errors import BackupError
+from handlers.backup.errors import BackupError, SymlinkError
 from handlers.backup.layout import BackupFile, Kind, Layout
 from handlers.backup.postgres import Connection, database_exists, list_databases
 from handlers.backup.settings import BackupSettings
@@ -69,7 +70,18 @@ class RunLock:
         self._descriptor: int | None = None
 
     def acquire(self) -> bool:
-        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        """Take the lock; return False when another process holds it.
+
+        Raises :class:`SymlinkError` when the lock file is a symbolic link,
+        which would make the worker create or open a file outside BACKUP_DIR.
+        """
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            descriptor = os.open(self.path, flags, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise SymlinkError(str(self.path), "lock file") from exc
+            raise
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -127,7 +139,13 @@ class BackupJob:
         """Back up ``databases`` (default: the configured ones), then globals."""
         self.layout.ensure_dir(self.layout.root)
         lock = RunLock(self.layout.lock_path)
-        if not lock.acquire():
+        try:
+            acquired = lock.acquire()
+        except SymlinkError as exc:
+            result = self._failure(ALL_DATABASES, self.clock(), 0.0, exc)
+            self._report(result)
+            return RunReport(results=[result])
+        if not acquired:
             logger.warning(
                 "Backup run skipped: another run is still in progress",
                 extra={"event": "run_skipped", "lock": str(self.layout.lock_path)},
@@ -229,6 +247,11 @@ class BackupJob:
             if local.day == 1 and self.policy.enabled(Kind.MONTHLY):
                 self.layout.add_snapshot(backup, Kind.MONTHLY)
             self.layout.point_latest(backup)
+        except SymlinkError as exc:
+            raise BackupError(
+                "snapshot",
+                f"{exc.message}; the daily file {backup.path.name} is complete",
+            ) from exc
         except OSError as exc:
             # The dump itself is verified and stays; only a link is missing.
             raise BackupError(
@@ -349,7 +372,7 @@ class BackupJob:
         # newest, and nothing here checks the time against older backups.
         try:
             deletions = retention.plan(self.layout, self.policy, now, database)
-            retention.apply(deletions)
+            retention.apply(self.layout, deletions)
         except OSError as exc:
             logger.error(
                 "Retention failed",
@@ -381,8 +404,7 @@ class BackupJob:
                 alert=Alert(
                     type=AlertType.WARNING,
                     title="Roles and globals were not backed up",
-                    text=f"{exc.message}. PGUSER may lack the right to read "
-                    "pg_authid; the database backups are unaffected.",
+                    text=_globals_failure_text(exc),
                     worker=WORKER,
                     host=self.settings.instance,
                     subject="globals",
@@ -396,8 +418,17 @@ class BackupJob:
             extra={"event": "globals_succeeded", "path": str(backup.path)},
         )
         files = self.layout.globals_files()
-        retention.apply(retention.plan_series(files, self.policy, moment))
+        retention.apply(self.layout, retention.plan_series(files, self.policy, moment))
         return backup
+
+
+def _globals_failure_text(error: BackupError) -> str:
+    if error.step == "pg_dumpall":
+        return (
+            f"{error.message}. PGUSER may lack the right to read pg_authid; "
+            "the database backups are unaffected."
+        )
+    return f"{error.message}. The database backups are unaffected."
 
 
 def _failure_fields(result: BackupResult) -> dict[str, object]:

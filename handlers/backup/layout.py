@@ -11,20 +11,31 @@
       status.json, schedule.json, backup.log, .lock
 
 Database names are percent-encoded in paths, so any name maps to one safe
-directory. Only files that match :data:`FILE_PATTERN` are backups: anything
-else in these directories is never listed, counted or deleted.
+directory. Only regular files that match :data:`FILE_PATTERN` are backups:
+anything else in these directories, symbolic links included, is never listed,
+counted or deleted.
+
+The worker creates every directory below BACKUP_DIR itself and follows no
+symbolic link there, so a planted link cannot make it write, change modes or
+delete outside BACKUP_DIR. BACKUP_DIR itself may be a link.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import re
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from urllib.parse import quote, unquote
+
+from handlers.backup.errors import SymlinkError
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +50,8 @@ FILE_PATTERN = re.compile(
     r"^(?P<name>[A-Za-z0-9_.%~-]+)_(?P<stamp>\d{8}T\d{6}Z)\.(?P<ext>dump|sql\.gz|sql)$"
 )
 PARTIAL_PATTERN = re.compile(r"^\..+\.partial$")
+
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 class Kind(StrEnum):
@@ -95,6 +108,16 @@ class BackupFile:
         return self.path.stat().st_size
 
 
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A directory entry, typed without following a symbolic link."""
+
+    name: str
+    is_dir: bool
+    is_file: bool
+    is_symlink: bool
+
+
 class Layout:
     """Paths under BACKUP_DIR, and the file operations that keep them consistent."""
 
@@ -131,18 +154,81 @@ class Layout:
         return f"{GLOBALS}_{format_stamp(moment)}.sql"
 
     def ensure_dir(self, path: Path) -> Path:
-        """Create ``path`` and its parents under the root with mode 0700."""
-        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        current = path
-        while True:
-            # mkdir's mode is reduced by the umask; directories made earlier
-            # by hand may be wider. Backups hold every row, so tighten them.
-            if current.stat().st_mode & 0o777 != DIR_MODE:
-                current.chmod(DIR_MODE)
-            if current in (self.root, current.parent):
-                break
-            current = current.parent
+        """Create ``path`` and its parents under the root with mode 0700.
+
+        Raises :class:`SymlinkError` when a directory below the root is a
+        symbolic link, and leaves what it names untouched.
+        """
+        # NOTE: callers then write into ``path`` by name, so a link swapped in
+        # after this check is still followed; only one already there is caught.
+        self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        with self._open_directory(path, create=True):
+            pass
         return path
+
+    @contextlib.contextmanager
+    def _open_directory(self, path: Path, *, create: bool = False) -> Iterator[int]:
+        """Open ``path`` one level at a time from the root, following no link below it.
+
+        With ``create``, missing directories are made, and every directory
+        from the root down to ``path`` gets mode 0700.
+        """
+        descriptor = os.open(self.root, _DIRECTORY_FLAGS)
+        try:
+            if create:
+                _tighten(descriptor)
+            current = self.root
+            for part in path.relative_to(self.root).parts:
+                current = current / part
+                if create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, DIR_MODE, dir_fd=descriptor)
+                child = _open_child(descriptor, part, current)
+                os.close(descriptor)
+                descriptor = child
+                if create:
+                    _tighten(descriptor)
+            yield descriptor
+        finally:
+            os.close(descriptor)
+
+    def _entries(self, directory: Path) -> list[_Entry]:
+        """List ``directory``: empty when missing, and a link is logged and skipped."""
+        try:
+            with (
+                self._open_directory(directory) as descriptor,
+                os.scandir(descriptor) as scan,
+            ):
+                return [
+                    _Entry(
+                        entry.name,
+                        entry.is_dir(follow_symlinks=False),
+                        entry.is_file(follow_symlinks=False),
+                        entry.is_symlink(),
+                    )
+                    for entry in scan
+                ]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except SymlinkError as exc:
+            _log_skipped(exc)
+            return []
+
+    def _subdirectories(self, base: Path) -> list[Path]:
+        """Return the directories in ``base``, sorted; a link is logged and skipped."""
+        found = []
+        for entry in self._entries(base):
+            if entry.is_symlink:
+                _log_skipped(SymlinkError(str(base / entry.name)))
+            elif entry.is_dir:
+                found.append(base / entry.name)
+        return sorted(found)
+
+    def remove_file(self, path: Path) -> None:
+        """Delete a file below the root without following a link to its directory."""
+        with self._open_directory(path.parent) as descriptor:
+            os.unlink(path.name, dir_fd=descriptor)
+            os.fsync(descriptor)
 
     def partial_path(self, final: Path) -> Path:
         """Return the temporary name a file is written under before its rename."""
@@ -153,10 +239,8 @@ class Layout:
         base = self.root / kind.value
         if database is not None:
             directories = [self.directory(kind, database)]
-        elif base.is_dir():
-            directories = sorted(p for p in base.iterdir() if p.is_dir())
         else:
-            directories = []
+            directories = self._subdirectories(base)
         found: list[BackupFile] = []
         for directory in directories:
             found.extend(self._scan(directory, kind))
@@ -164,20 +248,20 @@ class Layout:
         return found
 
     def _scan(self, directory: Path, kind: Kind) -> list[BackupFile]:
-        if not directory.is_dir():
-            return []
         found = []
-        for path in directory.iterdir():
-            match = FILE_PATTERN.match(path.name)
+        for entry in self._entries(directory):
+            match = FILE_PATTERN.match(entry.name)
             # The name must repeat its directory, so a file copied in from
             # another database's directory is not taken for this one's.
             if match is None or match["name"] != directory.name:
                 continue
-            if path.is_symlink() or not path.is_file():
+            # A link is never a backup: verifying or restoring it would read
+            # whatever file it names.
+            if not entry.is_file:
                 continue
             found.append(
                 BackupFile(
-                    path=path,
+                    path=directory / entry.name,
                     database=unquote(directory.name),
                     kind=kind,
                     time=parse_stamp(match["stamp"]),
@@ -190,24 +274,21 @@ class Layout:
         """Return every database that has a directory of backups."""
         names: set[str] = set()
         for kind in Kind:
-            base = self.root / kind.value
-            if base.is_dir():
-                names.update(unquote(p.name) for p in base.iterdir() if p.is_dir())
+            directories = self._subdirectories(self.root / kind.value)
+            names.update(unquote(directory.name) for directory in directories)
         return sorted(names)
 
     def globals_files(self) -> list[BackupFile]:
         """List the globals dumps, oldest first."""
         directory = self.globals_dir
-        if not directory.is_dir():
-            return []
         found = []
-        for path in directory.iterdir():
-            match = FILE_PATTERN.match(path.name)
-            if match is None or match["name"] != GLOBALS or not path.is_file():
+        for entry in self._entries(directory):
+            match = FILE_PATTERN.match(entry.name)
+            if match is None or match["name"] != GLOBALS or not entry.is_file:
                 continue
             found.append(
                 BackupFile(
-                    path=path,
+                    path=directory / entry.name,
                     database=GLOBALS,
                     kind=None,
                     time=parse_stamp(match["stamp"]),
@@ -223,23 +304,24 @@ class Layout:
         Call only while holding the run lock, because a running dump's own
         temporary file has the same form.
         """
-        removed = []
-        candidates = [self.globals_dir]
+        directories = [self.globals_dir]
         for kind in Kind:
-            base = self.root / kind.value
-            if base.is_dir():
-                candidates.extend(p for p in base.iterdir() if p.is_dir())
-        for directory in candidates:
-            if not directory.is_dir():
-                continue
-            for path in directory.iterdir():
-                if PARTIAL_PATTERN.match(path.name) and not path.is_dir():
-                    path.unlink(missing_ok=True)
-                    removed.append(path)
-                    logger.warning(
-                        "Removed a temporary file left by an interrupted backup",
-                        extra={"event": "partial_removed", "path": str(path)},
-                    )
+            directories.extend(self._subdirectories(self.root / kind.value))
+        removed = []
+        for directory in directories:
+            for entry in self._entries(directory):
+                # The temporary ``latest`` link is a partial file too, and
+                # deleting a link never touches what it names.
+                if not PARTIAL_PATTERN.match(entry.name) or entry.is_dir:
+                    continue
+                path = directory / entry.name
+                with contextlib.suppress(FileNotFoundError):
+                    self.remove_file(path)
+                removed.append(path)
+                logger.warning(
+                    "Removed a temporary file left by an interrupted backup",
+                    extra={"event": "partial_removed", "path": str(path)},
+                )
         return removed
 
     def add_snapshot(self, source: BackupFile, kind: Kind) -> Path:
@@ -263,6 +345,35 @@ class Layout:
         os.replace(temporary, link)
         fsync_dir(directory)
         return link
+
+
+def _open_child(parent: int, name: str, path: Path) -> int:
+    """Open directory ``name`` inside the open directory ``parent``, never a link."""
+    try:
+        return os.open(name, _DIRECTORY_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
+    except OSError as exc:
+        # Linux reports a link opened with O_DIRECTORY | O_NOFOLLOW as
+        # ENOTDIR, the same as a regular file, so lstat distinguishes them.
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            with contextlib.suppress(OSError):
+                if stat.S_ISLNK(os.lstat(name, dir_fd=parent).st_mode):
+                    raise SymlinkError(str(path)) from exc
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+
+
+def _log_skipped(error: SymlinkError) -> None:
+    logger.warning(
+        "Skipped a directory: %s",
+        error.message,
+        extra={"event": "symlink_skipped", "path": error.path},
+    )
+
+
+def _tighten(descriptor: int) -> None:
+    # mkdir's mode is reduced by the umask; directories made earlier by hand
+    # may be wider. Backups hold every row, so tighten them.
+    if os.fstat(descriptor).st_mode & 0o777 != DIR_MODE:
+        os.fchmod(descriptor, DIR_MODE)
 
 
 def fsync_dir(directory: Path) -> None:

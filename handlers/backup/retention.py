@@ -14,7 +14,8 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from handlers.backup.layout import BackupFile, Kind, Layout, fsync_dir
+from handlers.backup.errors import SymlinkError
+from handlers.backup.layout import BackupFile, Kind, Layout
 
 logger = logging.getLogger(__name__)
 
@@ -109,16 +110,15 @@ def plan(
     return deletions
 
 
-def apply(deletions: list[Deletion]) -> int:
+def apply(layout: Layout, deletions: list[Deletion]) -> int:
     """Delete the planned files; return how many were deleted."""
     deleted = 0
-    directories = set()
     for deletion in deletions:
         try:
-            deletion.file.path.unlink()
+            layout.remove_file(deletion.file.path)
         except FileNotFoundError:
             continue
-        except OSError as exc:
+        except (OSError, SymlinkError) as exc:
             logger.error(
                 "Could not delete an expired backup",
                 extra={
@@ -130,7 +130,6 @@ def apply(deletions: list[Deletion]) -> int:
             )
             continue
         deleted += 1
-        directories.add(deletion.file.path.parent)
         logger.info(
             "Deleted an expired backup",
             extra={
@@ -140,6 +139,4 @@ def apply(deletions: list[Deletion]) -> int:
                 "reason": deletion.reason,
             },
         )
-    for directory in directories:
-        fsync_dir(directory)
     return deleted

@@ -53,7 +53,7 @@ def kept(layout: Layout, kind: Kind, database: str = DB) -> list[str]:
 
 def prune(layout: Layout, now: datetime, database: str | None = DB) -> list[str]:
     deletions = retention.plan(layout, POLICY, now, database)
-    retention.apply(deletions)
+    retention.apply(layout, deletions)
     return [d.file.path.name for d in deletions]
 
 
@@ -120,7 +120,7 @@ def test_keep_min_counts_snapshots(tmp_path: Path) -> None:
         daily_days=1, weekly_weeks=1, monthly_months=12, keep_min=2
     )
 
-    retention.apply(retention.plan(layout, policy, at(date(2025, 3, 1)), DB))
+    retention.apply(layout, retention.plan(layout, policy, at(date(2025, 3, 1)), DB))
 
     # Two backups remain: the monthly 1 January, and 3 January kept by keep_min.
     assert kept(layout, Kind.DAILY) == ["2025-01-01", "2025-01-03"]
@@ -160,7 +160,7 @@ def test_zero_monthly_retention_disables_snapshots(tmp_path: Path) -> None:
     )
     assert not policy.enabled(Kind.MONTHLY)
 
-    retention.apply(retention.plan(layout, policy, at(date(2024, 12, 31)), DB))
+    retention.apply(layout, retention.plan(layout, policy, at(date(2024, 12, 31)), DB))
 
     assert len(kept(layout, Kind.MONTHLY)) == 12
 
