@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import time
+import math
+import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from handlers.backup.layout import FILE_MODE
-from reactor.store import write_atomic
+from reactor.store import CORRUPT_ERRORS, move_aside, write_atomic
 
 logger = logging.getLogger(__name__)
 
 STATUS_VERSION = 1
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -38,6 +41,11 @@ class DatabaseStatus:
     failures_total: int = 0
 
 
+_FIELD_TYPES: dict[str, type] = typing.get_type_hints(DatabaseStatus)
+"""The JSON value type each :class:`DatabaseStatus` field is read as."""
+_TIME_FIELDS = {"last_success_time", "last_attempt_time"}
+
+
 @dataclass(slots=True)
 class Status:
     """Every database's status."""
@@ -48,19 +56,26 @@ class Status:
         return self.databases.setdefault(database, DatabaseStatus())
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_json(path: Path, parse: Callable[[dict[str, Any]], T]) -> T | None:
+    """Read and ``parse`` a state file; None when it is missing or corrupt.
+
+    A corrupt file, including valid JSON of the wrong shape, is moved aside
+    with a time suffix and logged, so one bad file never stops the backups.
+    """
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         return None
     try:
         data = json.loads(raw)
-        if not isinstance(data, dict) or data.get("version") != STATUS_VERSION:
+        if not isinstance(data, dict):
+            raise ValueError(f"top level is {_json_type(data)}, expected an object")
+        if data.get("version") != STATUS_VERSION:
             raise ValueError(f"unknown version {data.get('version')!r}")
-        return data
-    except (ValueError, AttributeError) as exc:
-        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-        os.replace(path, aside)
+        return parse(data)
+    # JSON nested deeper than the parser's recursion limit raises RecursionError.
+    except (*CORRUPT_ERRORS, RecursionError) as exc:
+        aside = move_aside(path)
         logger.error(
             "Status file is unreadable; moved it aside and starting afresh",
             extra={
@@ -71,6 +86,13 @@ def _read_json(path: Path) -> dict[str, Any] | None:
             },
         )
         return None
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    return names.get(type(value), "a number")
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -86,15 +108,7 @@ class StatusStore:
 
     def load(self) -> Status:
         """Read the status; a missing or corrupt file is an empty one."""
-        data = _read_json(self.path)
-        if data is None:
-            return Status()
-        known = set(DatabaseStatus.__dataclass_fields__)
-        databases = {}
-        for name, entry in data.get("databases", {}).items():
-            values = {k: v for k, v in entry.items() if k in known}
-            databases[name] = DatabaseStatus(**values)
-        return Status(databases)
+        return _read_json(self.path, _parse_status) or Status()
 
     def save(self, status: Status) -> None:
         data = {
@@ -120,13 +134,8 @@ class ScheduleStore:
         self.path = path
 
     def load(self) -> ScheduleState:
-        data = _read_json(self.path)
-        if data is None:
-            return ScheduleState()
-        return ScheduleState(
-            first_start=_parse_time(data.get("first_start")),
-            last_fire=_parse_time(data.get("last_fire")),
-        )
+        """Read the schedule state; a missing or corrupt file is an empty one."""
+        return _read_json(self.path, _parse_schedule) or ScheduleState()
 
     def save(self, state: ScheduleState) -> None:
         _write_json(
@@ -138,12 +147,75 @@ class ScheduleStore:
         )
 
 
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
+def _parse_status(data: dict[str, Any]) -> Status:
+    databases = data.get("databases", {})
+    if not isinstance(databases, dict):
+        raise ValueError(f"databases is {_json_type(databases)}, expected an object")
+    return Status(
+        {name: _parse_entry(name, entry) for name, entry in databases.items()}
+    )
+
+
+def _parse_entry(name: str, entry: object) -> DatabaseStatus:
+    if not isinstance(entry, dict):
+        raise ValueError(f"databases.{name} is {_json_type(entry)}, expected an object")
+    values: dict[str, Any] = {}
+    # Unknown keys are ignored, so an older worker reads a newer file.
+    for key, expected in _FIELD_TYPES.items():
+        if key in entry:
+            where = f"databases.{name}.{key}"
+            values[key] = _parse_field(where, entry[key], expected)
+    for key in _TIME_FIELDS & values.keys():
+        # The healthcheck turns these into dates, which fails for a time
+        # outside the years datetime can hold.
+        try:
+            datetime.fromtimestamp(values[key], UTC)
+        except (OverflowError, ValueError, OSError) as exc:
+            raise ValueError(
+                f"databases.{name}.{key} is {values[key]!r}, out of range: {exc}"
+            ) from exc
+    return DatabaseStatus(**values)
+
+
+def _parse_field(where: str, value: object, expected: type) -> object:
+    if expected is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where} is {_json_type(value)}, expected a string")
+        return value
+    # bool is a subclass of int, and JSON true loads as True.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{where} is {_json_type(value)}, expected a number")
+    if expected is int and not isinstance(value, int):
+        raise ValueError(f"{where} is {value!r}, expected an integer")
+    # json loads 1e400 and Infinity as inf. An int beyond the float range
+    # could not be sent as a metric, and isfinite raises OverflowError on it.
+    try:
+        finite = math.isfinite(value)
+    except OverflowError as exc:
+        raise ValueError(f"{where} is an integer beyond the float range") from exc
+    if not finite or value < 0:
+        raise ValueError(f"{where} is {value!r}, expected a finite number >= 0")
+    return float(value) if expected is float else value
+
+
+def _parse_schedule(data: dict[str, Any]) -> ScheduleState:
+    return ScheduleState(
+        first_start=_parse_time("first_start", data.get("first_start")),
+        last_fire=_parse_time("last_fire", data.get("last_fire")),
+    )
+
+
+def _parse_time(where: str, value: object) -> datetime | None:
+    if value is None or value == "":
         return None
+    if not isinstance(value, str):
+        raise ValueError(f"{where} is {_json_type(value)}, expected an ISO 8601 time")
     moment = datetime.fromisoformat(value)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
+    # The scheduler compares times in UTC; near the years 1 and 9999 the
+    # conversion raises OverflowError, so it fails here, inside the guard.
+    moment.astimezone(UTC)
     return moment
 
 
