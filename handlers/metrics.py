@@ -21,6 +21,7 @@ from tenacity import wait_exponential
 
 from handlers.notifier import DeliveryStats
 from reactor import signals
+from reactor.lifecycle import cancel_and_wait
 from reactor.state import ContainerState, Health
 
 logger = logging.getLogger(__name__)
@@ -154,9 +155,7 @@ class Pusher:
     async def stop(self, final_push: bool = True) -> None:
         """Cancel the task and push the final values once."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         if final_push:
             try:
                 await run_with_deadline(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
@@ -22,6 +21,7 @@ from handlers.outbox import Outbox
 from reactor import signals
 from reactor.alerts import Alert
 from reactor.errors import DeliveryError
+from reactor.lifecycle import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -148,9 +148,7 @@ class ChannelQueue:
             await asyncio.sleep(0.05)
         left = self.pending
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         await self.channel.aclose()
         return left
 

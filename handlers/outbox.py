@@ -8,7 +8,6 @@ already saved, so without the outbox a restarted worker would never send it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Iterable
@@ -17,6 +16,7 @@ from typing import Any
 
 from reactor.alerts import Alert
 from reactor.errors import ConfigError
+from reactor.lifecycle import cancel_and_wait
 from reactor.store import CORRUPT_ERRORS, move_aside, write_atomic
 
 logger = logging.getLogger(__name__)
@@ -101,9 +101,7 @@ class Outbox:
     async def stop(self) -> None:
         """Stop the saver and write the final contents."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         self.save()
 
     async def _save_loop(self) -> None:
