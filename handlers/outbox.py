@@ -86,7 +86,12 @@ class Outbox:
         return entry_id
 
     def done(self, entry_ids: Iterable[int]) -> None:
-        """Forget alerts that were delivered or failed for good."""
+        """Forget alerts that were delivered or failed for good.
+
+        NOTE: delivery is at least once. A worker killed after the channel
+        accepted an alert but before this change reached the disk (up to
+        SAVE_INTERVAL later) sends it again at its next start.
+        """
         for entry_id in entry_ids:
             self._entries.pop(entry_id, None)
         self._dirty.set()

@@ -293,6 +293,10 @@ class HealthMonitor:
 
         await self._reconcile()
 
+        # NOTE: events between "until" and the listing arrive after it. One
+        # that the listing already reflects is a no-op, but a start and a die
+        # that both fall inside that window of a few milliseconds, after a
+        # listing that saw the container exited, give a recovery and a down.
         stream = await asyncio.to_thread(
             open_events,
             self._require(self._stream_api),
