@@ -139,7 +139,7 @@ class EmailChannel(Channel):
         )
 
     async def greet(self) -> str:
-        """Connect, read the greeting and say EHLO without sending anything."""
+        """Connect, read the greeting and send EHLO, without sending a message."""
         client = aiosmtplib.SMTP(
             hostname=self.host,
             port=self.port,

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 PUSH_TIMEOUT = 10.0
 """Seconds for a whole push. urllib's own timeout applies to each socket read,
-so a gateway that trickles its answer would hold a push without it."""
+so a gateway that trickles its response would hold a push without it."""
 FINAL_PUSH_TIMEOUT = 3.0
 """Seconds the last push at shutdown may take on top of the alerts' grace."""
 RETRY_MAX_WAIT = 30.0
@@ -39,8 +39,8 @@ async def run_with_deadline(
 ) -> None:
     """Run blocking ``func`` on a daemon thread; raise TimeoutError after ``seconds``.
 
-    A thread of asyncio's default executor that is still blocked when the
-    worker exits would hold the exit until it ends; a daemon thread does not.
+    A thread of asyncio's default executor that is still blocked would hold
+    the worker's exit until it ends. A daemon thread does not.
     """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[None] = loop.create_future()

@@ -178,8 +178,8 @@ class SlackChannel(Channel):
         if response.status_code >= 500:
             raise SlackRetryableError(f"HTTP {response.status_code}")
         if response.status_code != 200:
-            # Slack answers with a short reason such as "no_service"; a proxy's
-            # error page may echo the request path, which holds the token.
+            # Slack responds with a short reason such as "no_service"; a proxy's
+            # error page may echo the request path, which contains the token.
             reason = response.text[:200]
             for part in _url_secrets(self._url):
                 reason = reason.replace(part, MASK)

@@ -63,7 +63,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 CORRUPT_ERRORS = (ValueError, KeyError, TypeError, AttributeError, ArithmeticError)
-"""What reading a saved JSON file of the wrong shape or values can raise."""
+"""Exceptions raised by reading a saved JSON file of the wrong shape or values."""
 
 
 def move_aside(path: Path) -> Path:

@@ -7,7 +7,7 @@ import asyncio
 from reactor.lifecycle import cancel_and_wait
 
 
-def test_cancel_and_wait_ends_a_task_that_swallows_one_cancel() -> None:
+def test_cancel_survives_swallowed_cancel() -> None:
     steps: list[str] = []
 
     async def stubborn() -> None:
