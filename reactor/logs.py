@@ -27,7 +27,7 @@ _QUIET_LOGGERS = ("httpx", "httpcore", "urllib3", "docker", "apscheduler.executo
 
 
 class _WorkerFilter(logging.Filter):
-    """Stamp every record with the worker's name so one Loki label distinguishes them."""
+    """Stamp every record with the worker's name, so one Loki label separates them."""
 
     def __init__(self, worker: str) -> None:
         super().__init__()
