@@ -1,6 +1,6 @@
 """Slack incoming-webhook channel.
 
-Slack accepts about one message per second per webhook and answers HTTP 429
+Slack accepts about one message per second per webhook and responds with HTTP 429
 with ``Retry-After`` (seconds) beyond that; success is HTTP 200 with body
 ``ok``. Attachments are legacy but still the only way to get the coloured bar.
 """

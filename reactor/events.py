@@ -1,8 +1,9 @@
-"""The Docker Engine events stream: parsing and a reader that never blocks.
+"""The Docker Engine events stream: parsing and a reader that never waits on handlers.
 
 The daemon skips events for a subscriber that takes more than about 100 ms to
 read one (moby ``daemon/events``), so the stream is read on its own thread,
-which only decodes and hands each event to the asyncio loop.
+which only decodes and hands events to the asyncio loop. The thread waits
+only when ``MAX_IN_FLIGHT`` events are still unhandled.
 """
 
 from __future__ import annotations

@@ -7,22 +7,18 @@ the Pushgateway.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import pytest
 
 from tests.support.docker_env import Containers, settle
+from tests.support.monitoring import StartMonitor, field, gauge, wait_attachments
 from tests.support.pushgateway import read_samples
 from tests.support.slack import SlackReceiver
 from tests.support.smtp import SmtpServer
 from tests.support.waiting import wait_for
-from tests.support.worker import WorkerProcess
 
 pytestmark = pytest.mark.docker
-
-StartMonitor = Callable[[dict[str, str]], WorkerProcess]
 
 HEALTHCHECK = {
     "test": ["CMD-SHELL", "test -f /tmp/ok || { echo ok file missing; exit 1; }"],
@@ -31,30 +27,6 @@ HEALTHCHECK = {
     "retries": 1,
     "start_period": 0,
 }
-
-
-def field(attachment: dict[str, Any], title: str) -> str | None:
-    for entry in attachment.get("fields", []):
-        if entry["title"] == title:
-            return str(entry["value"])
-    return None
-
-
-def gauge(gateway: str, instance: str, container: str) -> float | None:
-    samples = read_samples(
-        gateway, "container_health", job="health-monitor", instance=instance
-    )
-    return samples.get(f"container={container}")
-
-
-def wait_attachments(
-    slack: SlackReceiver, count: int, timeout: float = 10.0
-) -> list[dict[str, Any]]:
-    def enough() -> bool:
-        return len(slack.attachments()) >= count
-
-    wait_for(enough, timeout=timeout, what=f"{count} Slack attachment(s)")
-    return slack.attachments()
 
 
 def test_unhealthy_then_healthy(

@@ -5,22 +5,19 @@ from __future__ import annotations
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.docker_env import Containers, PrivateDockerd, settle
+from tests.support.monitoring import StartMonitor, field, gauge, wait_attachments
 from tests.support.pushgateway import PrivatePushgateway, read_samples
 from tests.support.slack import SlackReceiver
 from tests.support.smtp import SmtpServer
 from tests.support.waiting import wait_for
-from tests.support.worker import WorkerProcess
-from tests.test_monitor_docker import field, gauge, wait_attachments
 
 pytestmark = pytest.mark.docker
-
-StartMonitor = Callable[[dict[str, str]], WorkerProcess]
 
 
 def titles(slack: SlackReceiver) -> list[str]:
@@ -373,7 +370,7 @@ def test_alert_survives_sigkill(
 
 
 class TricklingServer:
-    """Accept HTTP requests and answer one byte every half second, forever."""
+    """Accept HTTP requests and send one byte of the response every half second."""
 
     def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))

@@ -10,7 +10,6 @@ import json
 import re
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -18,12 +17,10 @@ import pytest
 
 from tests.deploy.conftest import DASHBOARD, BackupRun
 from tests.support.docker_env import Containers
+from tests.support.monitoring import StartMonitor
 from tests.support.services import required_env
 from tests.support.slack import SlackReceiver
 from tests.support.waiting import wait_for
-from tests.support.worker import WorkerProcess
-
-StartMonitor = Callable[[dict[str, str]], WorkerProcess]
 
 DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 

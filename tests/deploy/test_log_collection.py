@@ -5,7 +5,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,9 @@ from reactor.alerts import AlertType
 from reactor.config import MonitorSettings, load
 from tests.deploy.conftest import ALLOY_CONFIG, PROMTAIL_CONFIG, BackupRun
 from tests.support.docker_env import Containers
+from tests.support.monitoring import StartMonitor
 from tests.support.slack import SlackReceiver
 from tests.support.waiting import wait_for
-from tests.support.worker import WorkerProcess
-
-StartMonitor = Callable[[dict[str, str]], WorkerProcess]
 
 # RFC 3339 as Go's time.RFC3339Nano layout parses it: a fraction of any
 # length, and Z or a numeric offset.

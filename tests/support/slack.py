@@ -12,7 +12,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Received:
-    """One request the receiver got, with the status it answered."""
+    """One request the receiver got, with the status it returned."""
 
     time: float
     path: str
@@ -21,7 +21,7 @@ class Received:
 
 
 class SlackReceiver:
-    """Answer webhook posts on 127.0.0.1; queue answers with :meth:`respond`."""
+    """Receive webhook posts on 127.0.0.1; queue responses with :meth:`respond`."""
 
     def __init__(self) -> None:
         self.requests: list[Received] = []
@@ -74,7 +74,7 @@ class SlackReceiver:
     def respond(
         self, status: int, headers: dict[str, str] | None = None, delay: float = 0.0
     ) -> None:
-        """Queue the answer to the next request; later requests get the default."""
+        """Queue the response to the next request; later requests get the default."""
         with self._lock:
             self._answers.append((status, headers or {}, delay))
 
